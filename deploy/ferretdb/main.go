@@ -1,0 +1,78 @@
+// Command leaseline-ferretdb runs an embedded FerretDB (MongoDB wire protocol)
+// backed by SQLite, for local development and tests only.
+//
+// The upstream FerretDB command cannot be built with `go install` (its embedded
+// version file is missing from the module download, see FerretDB issue #2982),
+// so this tiny main module embeds the github.com/FerretDB/FerretDB/ferretdb
+// package instead.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/FerretDB/FerretDB/ferretdb"
+)
+
+func main() {
+	listenAddr := flag.String("listen-addr", "127.0.0.1:27017", "TCP address to listen on")
+	dataDir := flag.String("data-dir", "data", "directory holding the SQLite database files (created if missing)")
+	logLevel := flag.String("log-level", "warn", "FerretDB log level: debug, info, warn or error")
+	flag.Parse()
+
+	// FerretDB logs every client connection at INFO; keep it at -log-level
+	// (WARN by default) while our own start/stop lines are always INFO.
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		logger.Error("invalid -log-level", "value", *logLevel, "error", err)
+		os.Exit(2)
+	}
+	ferretLogger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	if err := run(logger, ferretLogger, *listenAddr, *dataDir); err != nil {
+		logger.Error("leaseline-ferretdb failed", "error", err)
+		os.Exit(1)
+	}
+}
+
+func run(logger, ferretLogger *slog.Logger, listenAddr, dataDir string) error {
+	absDir, err := filepath.Abs(dataDir)
+	if err != nil {
+		return fmt.Errorf("resolving data dir: %w", err)
+	}
+	if err = os.MkdirAll(absDir, 0o755); err != nil {
+		return fmt.Errorf("creating data dir: %w", err)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	// Telemetry needs no setting here: ferretdb.New disables it (and locks it off)
+	// for every embedded instance; Config has no telemetry field.
+	f, err := ferretdb.New(&ferretdb.Config{
+		Listener: ferretdb.ListenerConfig{TCP: listenAddr},
+		Logger:   ferretLogger,
+		Handler:  "sqlite",
+		// The SQLite handler wants a directory URL with a trailing slash.
+		SQLiteURL: "file:" + filepath.ToSlash(absDir) + "/",
+	})
+	if err != nil {
+		return err
+	}
+
+	// New has already bound the listening socket, so clients connecting from
+	// now on are queued until Run accepts them: safe to announce readiness.
+	logger.Info("leaseline-ferretdb ready", "uri", f.MongoDBURI(), "data_dir", absDir)
+
+	err = f.Run(ctx)
+	logger.Info("leaseline-ferretdb stopped")
+	return err
+}

@@ -1,0 +1,141 @@
+"""FerretDB (MongoDB wire protocol on SQLite), embedded in a small Go program built from source."""
+
+import os
+import time
+from pathlib import Path
+
+from ._base import LocalInfraError, ManagedProcess, file_lock, require_tool, run_tool, tail_file
+from ._mongowire import hello
+from .profile import REPO_ROOT
+
+FERRETDB_SRC_DIR = REPO_ROOT / "deploy" / "ferretdb"
+BINARY_NAME = "leaseline-ferretdb"
+
+_SOURCES = ("main.go", "go.mod", "go.sum")
+_READY_LINE = "leaseline-ferretdb ready"
+_GO_HINT = "install Go 1.24 or newer (https://go.dev/dl/); it is only needed once, to build FerretDB"
+
+
+class LocalFerretDB(ManagedProcess):
+    """A local FerretDB server for one :class:`Profile`, storing data in SQLite files.
+
+    ``provision()`` builds ``deploy/ferretdb`` once (cached); the data directory
+    survives ``stop()``/``start()``.
+    """
+
+    component = "ferretdb"
+
+    @property
+    def uri(self) -> str:
+        """MongoDB connection string: ``"mongodb://127.0.0.1:<port>/"``."""
+        return f"mongodb://127.0.0.1:{self.profile.ferretdb_port}/"
+
+    @property
+    def binary(self) -> Path:
+        """Cached server binary: ``<root>/cache/bin/leaseline-ferretdb``."""
+        return self.profile.cache_dir / "bin" / BINARY_NAME
+
+    @property
+    def stdout_log(self) -> Path:
+        """The server's log (stdout and stderr)."""
+        return self.profile.ferretdb_log_dir / "ferretdb.log"
+
+    @property
+    def logs(self) -> list[Path]:
+        """Log files of this component."""
+        return [self.stdout_log]
+
+    # -- provisioning -------------------------------------------------------
+
+    def _binary_fresh(self) -> bool:
+        try:
+            built = self.binary.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return all(built >= (FERRETDB_SRC_DIR / name).stat().st_mtime for name in _SOURCES)
+
+    def provision(self) -> None:
+        """Build the FerretDB binary if it is missing or older than its sources."""
+        if self._binary_fresh():
+            return
+        with file_lock(self.profile.cache_dir / f".{self.component}.lock"):
+            if self._binary_fresh():
+                return
+            go = require_tool("go", _GO_HINT)
+            self.binary.parent.mkdir(parents=True, exist_ok=True)
+            staging = self.binary.with_name(f"{BINARY_NAME}.tmp-{os.getpid()}")
+            # -buildvcs=false: VCS stamping would shell out to git for the
+            # enclosing repository (and can fail on "dubious ownership").
+            try:
+                run_tool(
+                    [go, "build", "-trimpath", "-buildvcs=false", "-o", str(staging), "."],
+                    what="building FerretDB",
+                    cwd=FERRETDB_SRC_DIR,
+                )
+                os.replace(staging, self.binary)
+            finally:
+                staging.unlink(missing_ok=True)
+
+    # -- running ------------------------------------------------------------
+
+    def _command(self) -> list[str]:
+        return [
+            str(self.binary),
+            "-listen-addr",
+            f"127.0.0.1:{self.profile.ferretdb_port}",
+            "-data-dir",
+            str(self.profile.ferretdb_data_dir),
+        ]
+
+    def _ports(self) -> list[int]:
+        return [self.profile.ferretdb_port]
+
+    def _pid_marker(self) -> str:
+        return str(self.profile.ferretdb_data_dir)
+
+    def _prepare_start(self) -> None:
+        if not self.binary.exists():
+            raise LocalInfraError(f"FerretDB is not built ({self.binary} missing): call provision() first")
+        self.profile.ferretdb_data_dir.mkdir(parents=True, exist_ok=True)
+
+    def _saw_ready_line(self) -> bool:
+        try:
+            with open(self.stdout_log, "rb") as fh:
+                return _READY_LINE.encode() in fh.read()
+        except FileNotFoundError:
+            return False
+
+    def _answers_hello(self) -> bool:
+        try:
+            reply = hello("127.0.0.1", self.profile.ferretdb_port, timeout=2.0)
+        except (OSError, ValueError, IndexError):
+            return False
+        return reply.get("ok") in (1, 1.0, True)
+
+    def wait_ready(self, timeout: float = 60) -> float:
+        """Block until FerretDB answers a MongoDB ``hello``; return the seconds waited.
+
+        Ready means: the process is alive, it logged its ready line, and a TCP
+        connection to the port answers ``hello`` with ``ok: 1``. Raises
+        :class:`LocalInfraError` with the log tail if the process dies or the
+        deadline passes.
+        """
+        started = time.monotonic()
+        deadline = started + timeout
+        pid = self.pid
+        if pid is None:
+            raise LocalInfraError(f"ferretdb is not running.\n{self.log_tail(self.logs)}")
+        while True:
+            self._ensure_alive(pid, self.logs)
+            # hello() itself proves the TCP connect works.
+            if self._saw_ready_line() and self._answers_hello():
+                return time.monotonic() - started
+            if time.monotonic() >= deadline:
+                raise LocalInfraError(
+                    f"ferretdb (pid {pid}) not ready on {self.uri} after {timeout:.0f}s.\n{self.log_tail(self.logs)}"
+                )
+            time.sleep(0.1)
+
+    def tail(self, lines: int = 40) -> str:
+        """Return the last ``lines`` lines of the server log."""
+        return tail_file(self.stdout_log, lines)
