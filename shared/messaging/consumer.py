@@ -1,0 +1,309 @@
+"""Consuming integration events: at least once, idempotent handlers, nothing lost.
+
+For each batch the subscriber receives, every record is either handled or parked in its topic's
+dead-letter topic (with the reason), and only then is the batch's offset committed. Records of one
+aggregate (same topic, partition and key) are handled in order; different aggregates concurrently.
+
+- Cannot be decoded, invalid envelope, unknown type or version, payload fails its schema:
+  parked at once.
+- Handler raises a transient error (store or provider unavailable, concurrent write): retried with
+  exponential backoff and jitter, a bounded number of times, then parked. Bounded, so one bad
+  aggregate never holds its partition forever.
+- Handler raises anything else: parked at once with the error as the reason.
+- The dead-letter topic cannot be written either: nothing is committed, the consumer seeks back
+  and the batch is read again after a pause.
+- Shutdown cancels a running batch: it is not committed, so it is delivered again.
+
+FastStream runs the subscriber with ``AckPolicy.MANUAL``: FastStream never commits by itself (its
+other policies commit after a failure, or redeliver in a tight loop), this module does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from aiokafka import ConsumerRecord, TopicPartition
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from pydantic import ValidationError
+
+from shared.clock import Clock, SystemClock
+from shared.events.envelope import Envelope, Event
+from shared.events.registry import UnknownEvent, dead_letter_topic, event_class, topic_for
+from shared.logging import log_context
+from shared.messaging.dead_letters import park_headers
+from shared.messaging.errors import is_transient
+from shared.runtime.metrics import Metrics
+from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=Event)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What a handler knows about the message it is handling, besides the event itself."""
+
+    envelope: Envelope
+    topic: str
+    partition: int
+    offset: int
+    attempt: int
+    clock: Clock
+    source: str
+
+    @property
+    def event_id(self) -> str:
+        return self.envelope.id
+
+    def follow(self, event: Event) -> Envelope:
+        """An envelope for an event caused by this one: same correlation, causation = this event."""
+        return Envelope.wrap(
+            event,
+            source=self.source,
+            time=self.clock.now(),
+            correlation_id=self.envelope.correlationid,
+            causation_id=self.envelope.id,
+        )
+
+
+Handler = Callable[[E, Delivery], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class _Route(Generic[E]):
+    event_cls: type[E]
+    handler: Handler[E]
+
+
+class Parked(Exception):
+    def __init__(self, kind: str, reason: str, attempts: int = 0) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+        self.attempts = attempts
+
+
+DeadLetterSink = Callable[[str, bytes | None, bytes | None, dict[str, str]], Awaitable[None]]
+
+
+class EventConsumer:
+    """Routes the events of a consumer group to their handlers (one handler per event type)."""
+
+    def __init__(
+        self,
+        *,
+        group_id: str,
+        settings: ServiceSettings,
+        metrics: Metrics,
+        clock: Clock | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.group_id = group_id
+        self._settings = settings
+        self._metrics = metrics
+        self._clock = clock or SystemClock()
+        self._sleep = sleep
+        self._routes: dict[tuple[str, int], _Route[Any]] = {}
+        self._dead_letters: DeadLetterSink | None = None
+
+    def on(self, event_cls: type[E]) -> Callable[[Handler[E]], Handler[E]]:
+        """Decorator: ``@consumer.on(CustomerRegistered)`` above ``async def handler(event, delivery)``."""
+
+        def register(handler: Handler[E]) -> Handler[E]:
+            self.add(event_cls, handler)
+            return handler
+
+        return register
+
+    def add(self, event_cls: type[E], handler: Handler[E]) -> None:
+        key = (event_cls.event_type, event_cls.schema_version)
+        if key in self._routes:
+            raise ValueError(f"{self.group_id} already handles {key}")
+        self._routes[key] = _Route(event_cls, handler)
+
+    @property
+    def topics(self) -> list[str]:
+        namespace = self._settings.topic_namespace
+        return sorted({topic_for(event_type, namespace) for event_type, _ in self._routes})
+
+    def subscribe(self, broker: KafkaBroker) -> None:
+        """Attach this consumer to the broker as one batch subscriber over all its topics."""
+        if not self._routes:
+            raise ValueError(f"{self.group_id} handles no events")
+
+        async def publish_dead_letter(topic: str, key: bytes | None, value: bytes | None, headers: dict[str, str]) -> None:
+            await broker.publish(value or b"", topic, key=key, headers=headers)
+
+        self._dead_letters = publish_dead_letter
+        subscriber = broker.subscriber(
+            *self.topics,
+            group_id=self.group_id,
+            batch=True,
+            max_records=self._settings.consumer_batch_max,
+            batch_timeout_ms=100,
+            auto_offset_reset="earliest",
+            ack_policy=AckPolicy.MANUAL,
+            decoder=_undecoded,
+        )
+
+        @subscriber
+        async def on_batch(message: Any) -> None:
+            await self.handle_batch(message)
+
+    async def handle_batch(self, message: Any) -> None:
+        """Handle or park every record of a FastStream batch message, then commit it."""
+        records: tuple[ConsumerRecord[Any, Any], ...] = message.raw_message
+        try:
+            await self.process(records)
+        except asyncio.CancelledError:
+            raise  # shutting down: commit nothing, the batch will be read again
+        except Exception:
+            log.exception("batch could not be handled nor parked; it will be read again")
+            await message.nack()
+            await self._sleep(self._settings.consumer_backoff_max_s)
+            return
+        try:
+            await message.ack()
+        except Exception:  # a rebalance took the partitions away: the new owner re-reads; harmless
+            log.warning("offset commit failed; records will be delivered again", exc_info=True)
+        self._record_lag(message, records)
+
+    async def process(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+        lanes: dict[tuple[str, int, bytes | None], list[ConsumerRecord[Any, Any]]] = defaultdict(list)
+        for record in records:
+            lanes[(record.topic, record.partition, record.key)].append(record)
+        limit = asyncio.Semaphore(self._settings.consumer_concurrency)
+
+        async def run_lane(lane: list[ConsumerRecord[Any, Any]]) -> None:
+            async with limit:
+                for record in lane:
+                    await self._process_one(record)
+
+        results = await asyncio.gather(*(run_lane(lane) for lane in lanes.values()), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _process_one(self, record: ConsumerRecord[Any, Any]) -> None:
+        labels = (self._metrics.service, record.topic)
+        self._metrics.consumed.labels(*labels).inc()
+        started = time.perf_counter()
+        try:
+            route, envelope, event = self._decode(record)
+            with log_context(event_id=envelope.id, correlation_id=envelope.correlationid):
+                await self._run_with_retries(route, envelope, event, record)
+            self._metrics.handled.labels(*labels).inc()
+        except Parked as parked:
+            await self._park(record, parked)
+        finally:
+            self._metrics.latency.labels(*labels).observe(time.perf_counter() - started)
+
+    def _decode(self, record: ConsumerRecord[Any, Any]) -> tuple[_Route[Any], Envelope, Event]:
+        try:
+            document = json.loads(record.value)
+        except (TypeError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise Parked("undecodable", f"value is not JSON: {error}") from None
+        try:
+            envelope = Envelope.model_validate(document)
+        except ValidationError as error:
+            raise Parked("invalid_envelope", f"not a Leaseline CloudEvent: {_brief(error)}") from None
+        try:
+            event_cls = event_class(envelope.type, envelope.schemaversion)
+        except UnknownEvent as error:
+            raise Parked("unknown_type", str(error)) from None
+        route = self._routes.get((envelope.type, envelope.schemaversion))
+        if route is None:
+            raise Parked(
+                "unexpected_type",
+                f"{self.group_id} does not handle {envelope.type} v{envelope.schemaversion} (on {record.topic})",
+            )
+        try:
+            event = event_cls.model_validate(envelope.data)
+        except ValidationError as error:
+            raise Parked("schema", f"{envelope.type} v{envelope.schemaversion} data invalid: {_brief(error)}") from None
+        return route, envelope, event
+
+    async def _run_with_retries(
+        self, route: _Route[Any], envelope: Envelope, event: Event, record: ConsumerRecord[Any, Any]
+    ) -> None:
+        settings = self._settings
+        for attempt in range(1, settings.consumer_max_attempts + 1):
+            delivery = Delivery(
+                envelope, record.topic, record.partition, record.offset, attempt, self._clock, self._settings.service_name
+            )
+            try:
+                await route.handler(event, delivery)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                transient = is_transient(error)
+                self._metrics.failed.labels(
+                    self._metrics.service, record.topic, "transient" if transient else "permanent"
+                ).inc()
+                if not transient:
+                    log.warning("handler rejected the event", exc_info=True)
+                    raise Parked("handler_rejected", f"{type(error).__name__}: {error}", attempt) from None
+                if attempt == settings.consumer_max_attempts:
+                    raise Parked(
+                        "retries_exhausted", f"gave up after {attempt} attempts: {type(error).__name__}: {error}", attempt
+                    ) from None
+                delay = min(settings.consumer_backoff_max_s, settings.consumer_backoff_initial_s * 2 ** (attempt - 1))
+                delay *= random.uniform(0.5, 1.0)  # jitter: retries of many consumers do not line up
+                log.info("transient failure, retrying", extra={"attempt": attempt, "delay_s": round(delay, 3)})
+                await self._sleep(delay)
+
+    async def _park(self, record: ConsumerRecord[Any, Any], parked: Parked) -> None:
+        if self._dead_letters is None:
+            raise RuntimeError("consumer is not subscribed: nowhere to park")
+        headers = park_headers(
+            record,
+            reason=parked.reason,
+            kind=parked.kind,
+            group_id=self.group_id,
+            attempts=parked.attempts,
+            at=self._clock.now(),
+        )
+        await self._dead_letters(dead_letter_topic(record.topic), record.key, record.value, headers)
+        self._metrics.parked.labels(self._metrics.service, record.topic, parked.kind).inc()
+        log.warning(
+            "message parked",
+            extra={"topic": record.topic, "partition": record.partition, "offset": record.offset, "reason": parked.reason},
+        )
+
+    def attach_dead_letter_sink(self, sink: DeadLetterSink) -> None:
+        """For tests of the routing logic without a broker."""
+        self._dead_letters = sink
+
+    def _record_lag(self, message: Any, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+        consumer = getattr(message, "consumer", None)
+        if consumer is None or not hasattr(consumer, "highwater"):
+            return
+        last: dict[TopicPartition, int] = {}
+        for record in records:
+            last[TopicPartition(record.topic, record.partition)] = record.offset
+        for tp, offset in last.items():
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                self._metrics.lag.labels(self._metrics.service, tp.topic, str(tp.partition)).set(
+                    max(0, highwater - offset - 1)
+                )
+
+
+def _undecoded(message: Any) -> Any:
+    """FastStream decoder that leaves records alone: decoding errors must be parked, not raised."""
+    return message
+
+
+def _brief(error: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in error.errors()[:5])

@@ -1,0 +1,1 @@
+"""Running a service: wiring, lifecycle, health and metrics."""

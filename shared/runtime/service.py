@@ -1,0 +1,197 @@
+"""A service process: its store, its Kafka consumers and relay, its HTTP API, health and metrics.
+
+A service's ``bootstrap`` module creates a ``ServiceRuntime``, attaches its stores, consumers,
+indexes and (optionally) HTTP routes, then ``serve()`` runs it until SIGTERM or SIGINT:
+
+    runtime = ServiceRuntime(Settings())
+    store = runtime.store("customers")
+    consumer = runtime.consumer("identity")
+    ...
+    asyncio.run(runtime.serve())
+
+Every process serves ``/healthz`` (alive), ``/readyz`` (Kafka and store reachable) and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterable
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shared.clock import Clock, SystemClock
+from shared.messaging.consumer import EventConsumer
+from shared.messaging.kafka import make_broker
+from shared.messaging.relay import OutboxRelay, faststream_publisher
+from shared.messaging.topics import TopicKeeper
+from shared.runtime.metrics import Metrics
+from shared.settings import ServiceSettings
+from shared.storage.documents import DocumentStore
+from shared.storage.mongo import IndexSpec, connect, ensure_indexes
+
+log = logging.getLogger(__name__)
+
+
+class ServiceRuntime:
+    def __init__(self, settings: ServiceSettings, *, clock: Clock | None = None, app: FastAPI | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.metrics = Metrics(settings.service_name)
+        self.mongo = connect(settings)
+        self.db = self.mongo[settings.mongodb_database]
+        self.broker = make_broker(settings)
+        self.app = app or FastAPI(title=f"Leaseline {settings.service_name}")
+        self._stores: list[DocumentStore] = []
+        self._consumers: list[EventConsumer] = []
+        self._indexes: list[IndexSpec] = []
+        self.topics = TopicKeeper(
+            settings.kafka_bootstrap_servers, settings.topic_partitions, settings.topic_replication_factor
+        )
+        self.relay = OutboxRelay(
+            self.db,
+            [],
+            faststream_publisher(self.broker),
+            topics=self.topics,
+            metrics=self.metrics,
+            batch_max=settings.relay_batch_max,
+            idle_poll_s=settings.relay_idle_poll_s,
+        )
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._server: uvicorn.Server | None = None
+        self._started = False
+        self._add_operations_routes()
+
+    # --- wiring -----------------------------------------------------------------------------
+
+    def store(self, collection: str, *, applied_window: int = 200) -> DocumentStore:
+        """A document store whose outbox this process relays."""
+        store = DocumentStore(
+            self.db,
+            collection,
+            applied_window=applied_window,
+            on_events=self.relay.wake,
+            topic_namespace=self.settings.topic_namespace,
+        )
+        self._stores.append(store)
+        self.relay.add_collection(collection)
+        self._indexes += store.indexes
+        return store
+
+    def consumer(self, name: str | None = None) -> EventConsumer:
+        """A consumer group ``leaseline-<service>[-<name>]``; register handlers with ``.on``."""
+        group = f"leaseline-{self.settings.service_name}" + (f"-{name}" if name else "")
+        consumer = EventConsumer(group_id=group, settings=self.settings, metrics=self.metrics, clock=self.clock)
+        self._consumers.append(consumer)
+        return consumer
+
+    def indexes(self, specs: Iterable[IndexSpec]) -> None:
+        self._indexes += list(specs)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Ensure indexes and topics, then start consuming and relaying."""
+        await self._wait_for_store()
+        await ensure_indexes(self.db, self._indexes)
+        await self.topics.ensure(topic for consumer in self._consumers for topic in consumer.topics)
+        for consumer in self._consumers:
+            consumer.subscribe(self.broker)
+        await self.broker.start()
+        self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
+        self._tasks.append(asyncio.create_task(self._watch_backlog(), name="outbox-backlog"))
+        self._started = True
+        log.info("service started", extra={"consumers": [c.group_id for c in self._consumers]})
+
+    async def stop(self) -> None:
+        self._started = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        # FastStream waits for running handlers (graceful_timeout), then cancels them; a
+        # cancelled batch is not committed (see shared.messaging.consumer).
+        await self.broker.stop()
+        await self.mongo.close()
+        log.info("service stopped")
+
+    async def serve(self) -> None:
+        """Run until SIGTERM or SIGINT, with the HTTP API on ``HTTP_HOST:HTTP_PORT``."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        config = uvicorn.Config(
+            self.app, host=self.settings.http_host, port=self.settings.http_port, log_config=None, access_log=False
+        )
+        self._server = uvicorn.Server(config)
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # ours above
+        http = asyncio.create_task(self._server.serve(), name="http")
+        await stop.wait()
+        self._server.should_exit = True
+        await http
+        await self.stop()
+
+    async def _wait_for_store(self, timeout_s: float = 60.0) -> None:
+        deadline = loop_time() + timeout_s
+        while True:
+            try:
+                await self.db.command("ping")
+                return
+            except Exception as error:
+                if loop_time() > deadline:
+                    raise RuntimeError(f"store at {self.settings.mongodb_uri} unreachable: {error}") from error
+                log.warning("store not reachable yet; retrying", extra={"error": str(error)})
+                await asyncio.sleep(1.0)
+
+    async def _watch_backlog(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                self.metrics.outbox_backlog.labels(self.metrics.service).set(await self.relay.backlog())
+            await asyncio.sleep(5.0)
+
+    # --- operations endpoints ---------------------------------------------------------------
+
+    async def readiness(self) -> dict[str, str]:
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(self.db.command("ping"), timeout=2.0)
+            checks["store"] = "ok"
+        except Exception as error:
+            checks["store"] = f"unreachable: {type(error).__name__}"
+        try:
+            ok = await self.broker.ping(timeout=2.0)
+            checks["kafka"] = "ok" if ok else "unreachable"
+        except Exception as error:
+            checks["kafka"] = f"unreachable: {type(error).__name__}"
+        if not self._started:
+            checks["service"] = "starting"
+        return checks
+
+    def _add_operations_routes(self) -> None:
+        @self.app.get("/healthz", tags=["operations"], include_in_schema=False)
+        async def healthz() -> dict[str, str]:
+            return {"status": "ok", "service": self.settings.service_name}
+
+        @self.app.get("/readyz", tags=["operations"], include_in_schema=False)
+        async def readyz() -> JSONResponse:
+            checks = await self.readiness()
+            ready = all(v == "ok" for v in checks.values())
+            return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+        @self.app.get("/metrics", tags=["operations"], include_in_schema=False)
+        async def metrics() -> Response:
+            return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()

@@ -1,0 +1,157 @@
+"""One document per aggregate, written with single-document atomicity.
+
+Each write stores, in one ``update_one``:
+- the new state, guarded by a version number (optimistic concurrency);
+- the events the change produced, appended to the document's own outbox (``_outbox``), which the
+  relay publishes to Kafka and then removes (see ``shared.messaging.relay``);
+- the id of the event that caused the change, kept in a bounded window (``_applied``), so that a
+  redelivered event is recognised and has no second effect.
+
+So a crash anywhere leaves either nothing or everything (state, outgoing events, applied marker),
+on MongoDB and on FerretDB alike, without multi-document transactions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from shared.events.envelope import Envelope
+from shared.events.registry import topic_for
+from shared.storage.mongo import IndexSpec
+
+VERSION = "_v"
+OUTBOX = "_outbox"
+PENDING = "_outbox_n"
+APPLIED = "_applied"
+_BOOKKEEPING = frozenset({"_id", VERSION, OUTBOX, PENDING, APPLIED})
+
+
+class ConcurrencyConflict(Exception):
+    """Someone else changed the document since it was loaded: load again and retry."""
+
+
+@dataclass
+class StoredDocument:
+    id: str
+    state: dict[str, Any]
+    version: int = 0
+    applied: list[str] = field(default_factory=list)
+
+    def has_applied(self, event_id: str) -> bool:
+        return event_id in self.applied
+
+
+def outbox_entry(envelope: Envelope, topic_namespace: str = "") -> dict[str, Any]:
+    """An event as the relay will send it: topic, key and the exact bytes (as UTF-8 text)."""
+    return {
+        "id": envelope.id,
+        "topic": topic_for(envelope.type, topic_namespace),
+        "key": envelope.subject,
+        "value": envelope.to_bytes().decode(),
+        "headers": envelope.kafka_headers(),
+    }
+
+
+class DocumentStore:
+    """Loads and saves one collection's aggregates together with their outgoing events."""
+
+    def __init__(
+        self,
+        db: AsyncDatabase[dict[str, Any]],
+        collection: str,
+        *,
+        applied_window: int = 200,
+        on_events: Callable[[], None] | None = None,
+        topic_namespace: str = "",
+    ) -> None:
+        self.collection = db[collection]
+        self.name = collection
+        self._window = applied_window
+        self._on_events = on_events
+        self._namespace = topic_namespace
+
+    @property
+    def indexes(self) -> list[IndexSpec]:
+        return [IndexSpec(self.name, ((PENDING, 1),), name="outbox_pending")]
+
+    def notify_relay(self, callback: Callable[[], None]) -> None:
+        self._on_events = callback
+
+    @staticmethod
+    def _from_raw(raw: Mapping[str, Any]) -> StoredDocument:
+        return StoredDocument(
+            id=raw["_id"],
+            state={k: v for k, v in raw.items() if k not in _BOOKKEEPING},
+            version=raw.get(VERSION, 0),
+            applied=list(raw.get(APPLIED, [])),
+        )
+
+    async def get(self, doc_id: str) -> StoredDocument | None:
+        raw = await self.collection.find_one({"_id": doc_id}, projection={OUTBOX: False})
+        return None if raw is None else self._from_raw(raw)
+
+    async def find_one(self, query: Mapping[str, Any]) -> StoredDocument | None:
+        raw = await self.collection.find_one(dict(query), projection={OUTBOX: False})
+        return None if raw is None else self._from_raw(raw)
+
+    async def create(
+        self,
+        doc_id: str,
+        state: Mapping[str, Any],
+        events: Sequence[Envelope] = (),
+        *,
+        applied: str | None = None,
+    ) -> StoredDocument:
+        """Insert a new aggregate; raises ``DuplicateKeyError`` when it (or a unique key) exists."""
+        self._check_state(state)
+        applied_ids = [applied] if applied else []
+        await self.collection.insert_one(
+            {
+                "_id": doc_id,
+                **state,
+                VERSION: 1,
+                OUTBOX: [outbox_entry(e, self._namespace) for e in events],
+                PENDING: len(events),
+                APPLIED: applied_ids,
+            }
+        )
+        self._wake(events)
+        return StoredDocument(doc_id, dict(state), 1, applied_ids)
+
+    async def update(
+        self,
+        doc: StoredDocument,
+        state: Mapping[str, Any],
+        events: Sequence[Envelope] = (),
+        *,
+        applied: str | None = None,
+    ) -> StoredDocument:
+        """Save ``state`` over ``doc`` if nobody changed it since it was loaded."""
+        self._check_state(state)
+        applied_ids = (doc.applied + [applied])[-self._window :] if applied else doc.applied
+        changes: dict[str, Any] = {"$set": {**state, APPLIED: applied_ids}, "$inc": {VERSION: 1}}
+        removed = {k: "" for k in doc.state if k not in state}
+        if removed:
+            changes["$unset"] = removed
+        if events:
+            changes["$push"] = {OUTBOX: {"$each": [outbox_entry(e, self._namespace) for e in events]}}
+            changes["$inc"][PENDING] = len(events)
+        result = await self.collection.update_one({"_id": doc.id, VERSION: doc.version}, changes)
+        if result.matched_count != 1:
+            raise ConcurrencyConflict(f"{self.name}/{doc.id} changed since version {doc.version}")
+        self._wake(events)
+        return StoredDocument(doc.id, dict(state), doc.version + 1, applied_ids)
+
+    def _wake(self, events: Sequence[Envelope]) -> None:
+        if events and self._on_events is not None:
+            self._on_events()
+
+    @staticmethod
+    def _check_state(state: Mapping[str, Any]) -> None:
+        clash = _BOOKKEEPING.intersection(state)
+        if clash:
+            raise ValueError(f"state may not use the store's own fields {sorted(clash)}")
