@@ -1,0 +1,309 @@
+"""The event backbone on a real broker and a real store: delivery, crashes, poison, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from shared.events import CustomerActivated, Envelope
+from shared.events.registry import dead_letter_topic, topic_for
+from shared.messaging import Delivery, PermanentError
+from shared.messaging.dead_letters import read_parked, replay
+from shared.messaging.topics import declared_topics, ensure_topics
+from shared.runtime.service import ServiceRuntime
+from shared.settings import ServiceSettings
+from shared.storage.documents import PENDING
+from tests.conftest import Infrastructure
+from tests.integration.helpers import Child, eventually, read_topic
+from tests.integration.probe import ACCOUNTS, TALLIES, activation, wire_consumer, write_customers
+
+pytestmark = pytest.mark.integration
+
+
+async def tallies_of(settings: ServiceSettings, mongo: Any) -> dict[str, int]:
+    docs = await mongo[settings.mongodb_database][TALLIES].find({}, {"count": 1}).to_list()
+    return {d["_id"]: d["count"] for d in docs}
+
+
+async def writer(settings: ServiceSettings, runtimes: list[ServiceRuntime], *, relay: bool) -> tuple[ServiceRuntime, Any]:
+    runtime = ServiceRuntime(settings)
+    store = runtime.store(ACCOUNTS)
+    if relay:
+        await runtime.start()
+    else:
+        await runtime.db.command("ping")
+        await runtime.broker.connect()
+        await runtime.topics.ensure([topic_for("customer.activated", settings.topic_namespace)])
+    runtimes.append(runtime)
+    return runtime, store
+
+
+async def test_an_event_stored_in_one_process_is_applied_by_a_consumer_in_another(
+    settings: ServiceSettings, mongo: Any, runtimes: list[ServiceRuntime], children: Callable[..., Child]
+) -> None:
+    runtime, accounts = await writer(settings, runtimes, relay=True)
+    consumer = children("consume", settings)
+    await consumer.wait_ready()
+
+    await write_customers(runtime, accounts, ["cus_amelie"])
+
+    assert await eventually(lambda: tallies_of(settings, mongo), 30, "the tally") == {"cus_amelie": 1}
+    pending = await mongo[settings.mongodb_database][ACCOUNTS].find_one({"_id": "cus_amelie"})
+    assert pending[PENDING] == 0 and pending["_outbox"] == [], "the relay marked the event sent"
+
+
+async def test_a_relay_killed_between_publishing_and_marking_resends_and_the_event_is_applied_once(
+    settings: ServiceSettings, mongo: Any, runtimes: list[ServiceRuntime], children: Callable[..., Child],
+    infra: Infrastructure,
+) -> None:
+    runtime, accounts = await writer(settings, runtimes, relay=False)
+    await write_customers(runtime, accounts, ["cus_bruno"])
+    doomed = children("relay", settings, PROBE_CRASH_AFTER_PUBLISH="1")
+    await eventually(lambda: doomed.proc.poll() is not None, 60, "the relay to kill itself")
+    assert doomed.proc.returncode == -9
+    doc = await mongo[settings.mongodb_database][ACCOUNTS].find_one({"_id": "cus_bruno"})
+    assert doc[PENDING] == 1, "the event was published but not marked sent"
+
+    children("relay", settings)  # a healthy relay re-sends it
+    consumer = children("consume", settings)
+    await consumer.wait_ready()
+
+    assert await eventually(lambda: tallies_of(settings, mongo), 30, "the tally") == {"cus_bruno": 1}
+    topic = topic_for("customer.activated", settings.topic_namespace)
+    on_topic = await eventually(lambda: _count(infra, topic, 2), 30, "both copies on the topic")
+    assert on_topic == 2, "published twice, applied once"
+
+
+async def _count(infra: Infrastructure, topic: str, expected: int) -> int | None:
+    n = len(await read_topic(infra.kafka_bootstrap, topic))
+    return n if n >= expected else None
+
+
+async def test_a_consumer_killed_in_the_middle_of_1000_events_applies_each_exactly_once(
+    settings: ServiceSettings, mongo: Any, runtimes: list[ServiceRuntime], children: Callable[..., Child]
+) -> None:
+    settings = settings.model_copy(update={"consumer_batch_max": 25})
+    runtime, accounts = await writer(settings, runtimes, relay=True)
+    customers = [f"cus_{i:04d}" for i in range(1000)]
+    await write_customers(runtime, accounts, customers)
+
+    first = children("consume", settings, PROBE_HANDLER_DELAY_S="0.003")
+    await eventually(lambda: _at_least(settings, mongo, 200), 60, "200 tallies before the kill", every=0.02)
+    first.kill()
+    applied_before_restart = len(await tallies_of(settings, mongo))
+    assert applied_before_restart < 1000, "the kill must land mid-stream"
+
+    children("consume", settings)
+    tallies = await eventually(lambda: _at_least(settings, mongo, 1000), 120, "all 1000 tallies")
+    assert sorted(tallies) == customers
+    assert set(tallies.values()) == {1}, "no event applied twice"
+
+
+async def _at_least(settings: ServiceSettings, mongo: Any, n: int) -> dict[str, int] | None:
+    tallies = await tallies_of(settings, mongo)
+    return tallies if len(tallies) >= n else None
+
+
+async def publish_raw(settings: ServiceSettings, topic: str, items: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        for key, value in items:
+            await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+
+
+def wire(envelope: Envelope, **overrides: Any) -> bytes:
+    return json.dumps(json.loads(envelope.to_bytes()) | overrides).encode()
+
+
+async def test_poison_messages_are_parked_with_their_reasons_while_good_ones_are_handled(
+    settings: ServiceSettings, mongo: Any, runtimes: list[ServiceRuntime]
+) -> None:
+    runtime = ServiceRuntime(settings)
+    wire_consumer(runtime)
+    await runtime.start()
+    runtimes.append(runtime)
+    topic = topic_for("customer.activated", settings.topic_namespace)
+    key = b"cus_poison"  # one key: the good events come after the poison on the same partition
+    good = [activation(runtime, "cus_poison") for _ in range(2)]
+    await publish_raw(
+        settings,
+        topic,
+        [
+            (key, wire(good[0])),
+            (key, b"\x00\x01 not json at all"),
+            (key, json.dumps({"type": "customer.activated", "data": {}}).encode()),
+            (key, wire(good[1], schemaversion=42)),
+            (key, wire(activation(runtime, "cus_poison"), data={"customer_id": ""})),
+            (key, wire(activation(runtime, "cus_poison"))),
+        ],
+    )
+
+    tallies = await eventually(
+        lambda: _at_least_count(settings, mongo, "cus_poison", 2), 30, "the two good events handled"
+    )
+    assert tallies == 2
+    parked = await eventually(lambda: _parked(settings, topic, 4), 30, "four parked messages")
+    kinds = [p.headers["dlq-reason-kind"] for p in parked]
+    assert kinds == ["undecodable", "invalid_envelope", "unknown_type", "schema"]
+    assert all(p.original_topic == topic and p.reason for p in parked)
+    assert parked[0].value == b"\x00\x01 not json at all", "parked bytes are the original bytes"
+    assert "no schema version 42" in parked[2].reason
+
+
+async def _at_least_count(settings: ServiceSettings, mongo: Any, customer: str, n: int) -> int | None:
+    count = (await tallies_of(settings, mongo)).get(customer, 0)
+    return count if count >= n else None
+
+
+async def _parked(settings: ServiceSettings, topic: str, n: int) -> list[Any] | None:
+    parked = await read_parked(settings.kafka_bootstrap_servers, topic)
+    return parked if len(parked) >= n else None
+
+
+async def test_parked_messages_are_replayed_once_the_cause_is_fixed(
+    settings: ServiceSettings, mongo: Any, runtimes: list[ServiceRuntime]
+) -> None:
+    runtime = ServiceRuntime(settings)
+    accounts = runtime.store(ACCOUNTS)
+    consumer = runtime.consumer("welcome")
+    known = runtime.db["known_customers"]
+    handled: list[str] = []
+
+    @consumer.on(CustomerActivated)
+    async def welcome(event: CustomerActivated, delivery: Delivery) -> None:
+        if await known.find_one({"_id": event.customer_id}) is None:
+            raise PermanentError(f"{event.customer_id} is not known yet")
+        handled.append(event.customer_id)
+
+    await runtime.start()
+    runtimes.append(runtime)
+    await write_customers(runtime, accounts, ["cus_chloe"])
+    topic = topic_for("customer.activated", settings.topic_namespace)
+    parked = await eventually(lambda: _parked(settings, topic, 1), 30, "the event parked")
+    assert "cus_chloe is not known yet" in parked[0].reason
+
+    await known.insert_one({"_id": "cus_chloe"})  # the cause is fixed
+    assert await replay(settings.kafka_bootstrap_servers, topic) == 1
+    await eventually(lambda: handled == ["cus_chloe"], 30, "the replayed event handled")
+    assert await replay(settings.kafka_bootstrap_servers, topic) == 0, "a second replay sends nothing again"
+
+
+async def test_a_broker_restart_in_the_middle_of_a_stream_loses_nothing(
+    settings: ServiceSettings, mongo: Any, runtimes: list[ServiceRuntime], infra: Infrastructure
+) -> None:
+    if infra.kafka_node is None:
+        pytest.skip("needs a broker this test run owns (the local infrastructure)")
+    runtime, accounts = await writer(settings, runtimes, relay=True)
+    reader = ServiceRuntime(settings.model_copy(update={"service_name": "probe-reader"}))
+    wire_consumer(reader)
+    await reader.start()
+    runtimes.append(reader)
+    customers = [f"cus_r{i:03d}" for i in range(300)]
+
+    async def stream() -> None:
+        for i in range(0, len(customers), 10):
+            await write_customers(runtime, accounts, customers[i : i + 10])
+            await asyncio.sleep(0.05)
+
+    writing = asyncio.create_task(stream())
+    await eventually(lambda: _at_least(settings, mongo, 30), 60, "some events through before the restart")
+    await asyncio.to_thread(infra.kafka_node.stop)
+    await asyncio.sleep(2)
+    await asyncio.to_thread(infra.kafka_node.start)
+    await asyncio.to_thread(infra.kafka_node.wait_ready)
+    await writing
+
+    tallies = await eventually(lambda: _at_least(settings, mongo, 300), 180, "all 300 after the restart")
+    assert sorted(tallies) == customers
+    assert set(tallies.values()) == {1}
+
+
+async def test_shutdown_does_not_commit_the_offset_of_a_handler_it_cancelled(
+    settings: ServiceSettings, runtimes: list[ServiceRuntime]
+) -> None:
+    topic = topic_for("customer.activated", settings.topic_namespace)
+    slow = ServiceRuntime(settings)
+    slow.broker.config.broker_config.graceful_timeout = 1.0  # give up on the handler quickly
+    consumer = slow.consumer("slow")
+    entered = asyncio.Event()
+
+    @consumer.on(CustomerActivated)
+    async def never_finishes(event: CustomerActivated, delivery: Delivery) -> None:
+        entered.set()
+        await asyncio.sleep(3600)
+
+    await slow.start()
+    await publish_raw(settings, topic, [(b"cus_dora", wire(activation(slow, "cus_dora")))])
+    await asyncio.wait_for(entered.wait(), 30)
+    await slow.stop()
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(consumer.group_id)
+    finally:
+        await admin.close()
+    committed = {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+    assert all(offset <= 0 for offset in committed.values()), f"nothing may be committed, got {committed}"
+
+    again = ServiceRuntime(settings)
+    handled: list[str] = []
+    retry = again.consumer("slow")
+
+    @retry.on(CustomerActivated)
+    async def finishes(event: CustomerActivated, delivery: Delivery) -> None:
+        handled.append(event.customer_id)
+
+    await again.start()
+    runtimes.append(again)
+    await eventually(lambda: handled == ["cus_dora"], 30, "the cancelled event delivered again")
+
+
+async def test_the_whole_catalogue_is_created_explicitly_with_dead_letter_topics(settings: ServiceSettings) -> None:
+    await ensure_topics(settings.kafka_bootstrap_servers, declared_topics(3, settings.topic_namespace))
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        topics = set(await admin.list_topics())
+        described = await admin.describe_topics([topic_for("invoice.issued", settings.topic_namespace)])
+    finally:
+        await admin.close()
+    for event_type in ("customer.registered", "device.authorised", "contract.nearing_end", "inspection.completed", "invoice.issued"):
+        topic = topic_for(event_type, settings.topic_namespace)
+        assert topic in topics and dead_letter_topic(topic) in topics
+    assert len(described[0]["partitions"]) == settings.topic_partitions
+
+
+async def test_every_process_serves_health_readiness_and_metrics(
+    settings: ServiceSettings, runtimes: list[ServiceRuntime]
+) -> None:
+    runtime = ServiceRuntime(settings)
+    wire_consumer(runtime)
+    transport = httpx.ASGITransport(app=runtime.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://probe") as http:
+        assert (await http.get("/readyz")).status_code == 503, "not ready before it started"
+        await runtime.start()
+        runtimes.append(runtime)
+        assert (await http.get("/healthz")).json()["status"] == "ok"
+        ready = await http.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"] == {"store": "ok", "kafka": "ok"}
+        metrics = (await http.get("/metrics")).text
+    for name in (
+        "leaseline_messages_consumed_total",
+        "leaseline_messages_parked_total",
+        "leaseline_handler_seconds",
+        "leaseline_outbox_backlog",
+        "leaseline_consumer_lag",
+    ):
+        assert name in metrics

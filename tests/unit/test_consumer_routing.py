@@ -1,0 +1,156 @@
+"""The consumer's sorting of messages, without a broker (delivery itself is proven in integration)."""
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from aiokafka import ConsumerRecord
+
+from shared.events import CustomerActivated, Envelope
+from shared.messaging import Delivery, EventConsumer, PermanentError, TransientError
+from shared.runtime.metrics import Metrics
+from shared.settings import ServiceSettings
+
+AT = datetime(2026, 11, 22, 9, 30, tzinfo=UTC)
+TOPIC = "customer.activated"
+
+
+def record(value: bytes | None, offset: int = 0, key: bytes = b"cus_1") -> ConsumerRecord[Any, Any]:
+    return ConsumerRecord(TOPIC, 0, offset, 0, 0, key, value, None, len(key), len(value or b""), [("ce_id", b"x")])
+
+
+def activated(customer_id: str = "cus_1", **overrides: Any) -> bytes:
+    envelope = Envelope.wrap(CustomerActivated(customer_id=customer_id), source="identity", time=AT)
+    wire = json.loads(envelope.to_bytes()) | overrides
+    return json.dumps(wire).encode()
+
+
+class Harness:
+    def __init__(self, max_attempts: int = 3) -> None:
+        settings = ServiceSettings(service_name="test", consumer_max_attempts=max_attempts)
+        self.sleeps: list[float] = []
+        self.parked: list[tuple[str, dict[str, str]]] = []
+        self.seen: list[str] = []
+
+        async def sleep(seconds: float) -> None:
+            self.sleeps.append(seconds)
+
+        async def sink(topic: str, key: bytes | None, value: bytes | None, headers: dict[str, str]) -> None:
+            self.parked.append((topic, headers))
+
+        self.consumer = EventConsumer(group_id="g", settings=settings, metrics=Metrics("test"), sleep=sleep)
+        self.consumer.attach_dead_letter_sink(sink)
+
+    def reasons(self) -> list[str]:
+        return [headers["dlq-reason-kind"] for _, headers in self.parked]
+
+
+async def test_a_good_event_reaches_its_handler_with_its_envelope() -> None:
+    h = Harness()
+
+    @h.consumer.on(CustomerActivated)
+    async def handle(event: CustomerActivated, delivery: Delivery) -> None:
+        h.seen.append(f"{event.customer_id}@{delivery.offset}/{delivery.envelope.type}")
+
+    await h.consumer.process([record(activated(), offset=7)])
+    assert h.seen == ["cus_1@7/customer.activated"]
+    assert h.parked == []
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        (b"\x00\xff garbage", "undecodable"),
+        (None, "undecodable"),
+        (b'{"hello": "world"}', "invalid_envelope"),
+        (activated(type="customer.teleported"), "unknown_type"),
+        (activated(schemaversion=7), "unknown_type"),
+        (activated(data={"customer_id": ""}), "schema"),
+        (activated(type="customer.registered"), "unexpected_type"),
+    ],
+)
+async def test_bad_messages_are_parked_with_a_reason_and_the_next_one_is_handled(value: bytes | None, kind: str) -> None:
+    h = Harness()
+
+    @h.consumer.on(CustomerActivated)
+    async def handle(event: CustomerActivated, delivery: Delivery) -> None:
+        h.seen.append(event.customer_id)
+
+    await h.consumer.process([record(value, 0, b"k1"), record(activated("cus_2"), 1, b"k1")])
+    assert h.reasons() == [kind]
+    topic, headers = h.parked[0]
+    assert topic == "customer.activated.dlq"
+    assert headers["dlq-original-topic"] == TOPIC
+    assert headers["dlq-original-offset"] == "0"
+    assert headers["dlq-consumer-group"] == "g"
+    assert headers["ce_id"] == "x", "original headers are kept"
+    assert h.seen == ["cus_2"]
+
+
+async def test_transient_failures_are_retried_with_growing_backoff_then_succeed() -> None:
+    h = Harness(max_attempts=5)
+    calls = 0
+
+    @h.consumer.on(CustomerActivated)
+    async def handle(event: CustomerActivated, delivery: Delivery) -> None:
+        nonlocal calls
+        calls += 1
+        if calls < 4:
+            raise TransientError("store briefly unavailable")
+
+    await h.consumer.process([record(activated())])
+    assert calls == 4
+    assert h.parked == []
+    assert len(h.sleeps) == 3
+    assert h.sleeps[0] <= 0.2 and h.sleeps[2] > h.sleeps[0]
+
+
+async def test_transient_failures_are_parked_once_retries_are_exhausted() -> None:
+    h = Harness(max_attempts=3)
+
+    @h.consumer.on(CustomerActivated)
+    async def handle(event: CustomerActivated, delivery: Delivery) -> None:
+        raise TransientError("still down")
+
+    await h.consumer.process([record(activated())])
+    assert h.reasons() == ["retries_exhausted"]
+    assert h.parked[0][1]["dlq-attempts"] == "3"
+    assert "still down" in h.parked[0][1]["dlq-reason"]
+
+
+async def test_a_permanent_failure_is_parked_without_retrying() -> None:
+    h = Harness()
+
+    @h.consumer.on(CustomerActivated)
+    async def handle(event: CustomerActivated, delivery: Delivery) -> None:
+        raise PermanentError("customer unknown to this service")
+
+    await h.consumer.process([record(activated())])
+    assert h.reasons() == ["handler_rejected"]
+    assert h.sleeps == []
+
+
+async def test_one_aggregates_events_are_handled_in_order_while_others_interleave() -> None:
+    h = Harness()
+
+    @h.consumer.on(CustomerActivated)
+    async def handle(event: CustomerActivated, delivery: Delivery) -> None:
+        h.seen.append(f"{event.customer_id}:{delivery.offset}")
+
+    records = [record(activated(f"cus_{i % 3}"), offset=i, key=f"cus_{i % 3}".encode()) for i in range(12)]
+    await h.consumer.process(records)
+    for customer in ("cus_0", "cus_1", "cus_2"):
+        offsets = [int(s.split(":")[1]) for s in h.seen if s.startswith(customer + ":")]
+        assert offsets == sorted(offsets) and len(offsets) == 4
+
+
+async def test_when_parking_itself_fails_the_batch_fails_so_nothing_is_committed() -> None:
+    h = Harness()
+
+    async def broken_sink(*_: Any) -> None:
+        raise ConnectionError("broker unreachable")
+
+    h.consumer.attach_dead_letter_sink(broken_sink)
+    with pytest.raises(ConnectionError):
+        await h.consumer.process([record(b"garbage")])
