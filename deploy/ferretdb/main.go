@@ -12,6 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -57,8 +58,22 @@ func run(logger, ferretLogger *slog.Logger, listenAddr, dataDir string) error {
 
 	// Telemetry needs no setting here: ferretdb.New disables it (and locks it off)
 	// for every embedded instance; Config has no telemetry field.
+	// FerretDB listens on a loopback port of its own; clients reach it through the proxy that
+	// serialises modifying commands (see serialise.go).
+	public, err := net.Listen("tcp", listenAddr)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", listenAddr, err)
+	}
+	defer public.Close()
+	internal, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	internalAddr := internal.Addr().String()
+	_ = internal.Close()
+
 	f, err := ferretdb.New(&ferretdb.Config{
-		Listener: ferretdb.ListenerConfig{TCP: listenAddr},
+		Listener: ferretdb.ListenerConfig{TCP: internalAddr},
 		Logger:   ferretLogger,
 		Handler:  "sqlite",
 		// The SQLite handler wants a directory URL with a trailing slash.
@@ -70,7 +85,8 @@ func run(logger, ferretLogger *slog.Logger, listenAddr, dataDir string) error {
 
 	// New has already bound the listening socket, so clients connecting from
 	// now on are queued until Run accepts them: safe to announce readiness.
-	logger.Info("leaseline-ferretdb ready", "uri", f.MongoDBURI(), "data_dir", absDir)
+	go serveProxy(public, internalAddr, logger)
+	logger.Info("leaseline-ferretdb ready", "uri", "mongodb://"+listenAddr+"/", "data_dir", absDir)
 
 	err = f.Run(ctx)
 	logger.Info("leaseline-ferretdb stopped")

@@ -1,5 +1,6 @@
 """FerretDB (MongoDB wire protocol on SQLite), embedded in a small Go program built from source."""
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -47,15 +48,20 @@ class LocalFerretDB(ManagedProcess):
 
     # -- provisioning -------------------------------------------------------
 
+    def _sources_digest(self) -> str:
+        digest = hashlib.sha256()
+        for path in sorted(FERRETDB_SRC_DIR.glob("*.go")) + [FERRETDB_SRC_DIR / n for n in _SOURCES[1:]]:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        return digest.hexdigest()
+
     def _binary_fresh(self) -> bool:
-        try:
-            built = self.binary.stat().st_mtime
-        except FileNotFoundError:
-            return False
-        return all(built >= (FERRETDB_SRC_DIR / name).stat().st_mtime for name in _SOURCES)
+        # A content digest, not mtimes: a fresh clone's files are all "new", and a cached binary
+        # built from other sources must not be taken for current.
+        stamp = self.binary.with_name(self.binary.name + ".sources")
+        return self.binary.exists() and stamp.exists() and stamp.read_text() == self._sources_digest()
 
     def provision(self) -> None:
-        """Build the FerretDB binary if it is missing or older than its sources."""
+        """Build the FerretDB binary if it is missing or was built from other sources."""
         if self._binary_fresh():
             return
         with file_lock(self.profile.cache_dir / f".{self.component}.lock"):
@@ -73,6 +79,7 @@ class LocalFerretDB(ManagedProcess):
                     cwd=FERRETDB_SRC_DIR,
                 )
                 os.replace(staging, self.binary)
+                self.binary.with_name(self.binary.name + ".sources").write_text(self._sources_digest())
             finally:
                 staging.unlink(missing_ok=True)
 
