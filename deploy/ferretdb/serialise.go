@@ -9,6 +9,8 @@ package main
 // proxy that lets one command at a time reach FerretDB. Serialising only the modifying commands
 // was not enough (a few updates per thousand were still lost), so every command waits its turn.
 // SQLite admits one writer at a time anyway; this store is for local runs and tests only.
+// Handshakes and health checks skip the queue: a driver whose heartbeat waits behind a long write
+// declares the server lost and cancels everything in flight.
 
 import (
 	"encoding/binary"
@@ -19,7 +21,15 @@ import (
 	"sync"
 )
 
-const maxMessageLen = 48 * 1024 * 1024
+const (
+	maxMessageLen = 48 * 1024 * 1024
+	opMsg         = 2013
+)
+
+var unqueued = map[string]bool{
+	"hello": true, "isMaster": true, "ismaster": true, "ping": true, "buildInfo": true, "buildinfo": true,
+	"endSessions": true, "saslStart": true, "saslContinue": true,
+}
 
 // turn is held from the moment a command is forwarded until its reply comes back.
 var turn sync.Mutex
@@ -39,6 +49,32 @@ func readMessage(r io.Reader) ([]byte, error) {
 		return nil, err
 	}
 	return msg, nil
+}
+
+// commandName is the first key of an OP_MSG body section (kind 0); "" for anything else.
+func commandName(msg []byte) string {
+	if len(msg) < 27 || binary.LittleEndian.Uint32(msg[12:16]) != opMsg {
+		return ""
+	}
+	for i := 20; i < len(msg); {
+		kind := msg[i]
+		i++
+		switch {
+		case kind == 0 && i+5 < len(msg):
+			// BSON document: int32 length, then the first element: type byte, then its name.
+			start := i + 5
+			end := start
+			for end < len(msg) && msg[end] != 0 {
+				end++
+			}
+			return string(msg[start:end])
+		case kind == 1 && i+4 <= len(msg):
+			i += int(binary.LittleEndian.Uint32(msg[i : i+4]))
+		default:
+			return ""
+		}
+	}
+	return ""
 }
 
 func serveProxy(listener net.Listener, upstream string, logger *slog.Logger) {
@@ -101,8 +137,10 @@ func proxyConnection(client net.Conn, upstream string, logger *slog.Logger) {
 		if err != nil {
 			return
 		}
-		turn.Lock()
-		holding <- struct{}{}
+		if !unqueued[commandName(msg)] {
+			turn.Lock()
+			holding <- struct{}{}
+		}
 		if _, err = server.Write(msg); err != nil {
 			release()
 			return

@@ -36,8 +36,7 @@ def connect(settings: ServiceSettings, **overrides: Any) -> AsyncMongoClient[dic
     """A client for the service's store; ``tz_aware`` so datetimes come back in UTC."""
     options: dict[str, Any] = {
         "tz_aware": True,
-        "serverSelectionTimeoutMS": 5_000,
-        "connectTimeoutMS": 5_000,
+        "serverSelectionTimeoutMS": 10_000,
         "appname": settings.service_name,
     }
     options.update(overrides)

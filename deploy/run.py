@@ -1,0 +1,154 @@
+"""``make run``: the whole system on this machine, until Ctrl-C.
+
+Starts the local infrastructure (Kafka and FerretDB, run profile) unless ``KAFKA_BOOTSTRAP_SERVERS``
+and ``MONGODB_URI`` point at existing ones, creates every catalogue topic, starts the local mail
+and SMS sinks and every service under ``services/`` that has a ``__main__``, and prints their
+logs prefixed with their names. Ctrl-C (or SIGTERM) stops the services, the sinks, then the
+infrastructure it started, and leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL = ROOT / ".local" / "run"
+
+# Fixed local ports, so that the README's URLs are right; override with <SERVICE>_HTTP_PORT.
+HTTP_PORTS = {"identity": 8001, "contracts": 8002, "restitution": 8003, "notifications": 8004, "consent": 8005}
+SMTP_PORT = int(os.environ.get("SMTP_PORT", "1025"))
+TWILIO_SINK_PORT = int(os.environ.get("TWILIO_SINK_PORT", "8025"))
+
+
+def secret_keys() -> str:
+    """EVENT_SECRET_KEYS for a local run: kept between runs so earlier events can still be opened."""
+    if os.environ.get("EVENT_SECRET_KEYS"):
+        return os.environ["EVENT_SECRET_KEYS"]
+    from shared.crypto import Keyring
+
+    path = LOCAL / "event-secret-keys"
+    if not path.exists():
+        LOCAL.mkdir(parents=True, exist_ok=True)
+        path.write_text(Keyring.generate_spec("local-1"))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def services() -> list[str]:
+    return sorted(p.parent.name for p in (ROOT / "services").glob("*/__main__.py"))
+
+
+class Process:
+    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(
+            [sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
+        )
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+def main() -> int:
+    sys.path.insert(0, str(ROOT))
+    from deploy.localinfra import LocalFerretDB, LocalKafka, Profile
+
+    stopping = False
+
+    def request_stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    owned: list[LocalKafka | LocalFerretDB] = []
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("MONGODB_URI"):
+        bootstrap, mongodb_uri = os.environ["KAFKA_BOOTSTRAP_SERVERS"], os.environ["MONGODB_URI"]
+    else:
+        profile = Profile.run()
+        kafka, store = LocalKafka(profile), LocalFerretDB(profile)
+        for component in (kafka, store):
+            if not component.is_running():
+                component.provision()
+                component.start()
+                owned.append(component)
+        kafka.wait_ready()
+        store.wait_ready()
+        bootstrap, mongodb_uri = kafka.bootstrap_servers, store.uri
+
+    env = dict(os.environ)
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        MONGODB_URI=mongodb_uri,
+        EVENT_SECRET_KEYS=secret_keys(),
+        PYTHONPATH=str(ROOT),
+        SMTP_HOST="127.0.0.1",
+        SMTP_PORT=str(SMTP_PORT),
+        TWILIO_BASE_URL=f"http://127.0.0.1:{TWILIO_SINK_PORT}",
+        PORTAL_BASE_URL=os.environ.get("PORTAL_BASE_URL", "http://127.0.0.1:8001/portal"),
+    )
+    subprocess.run([sys.executable, "-m", "shared.messaging.topics"], cwd=ROOT, env=env, check=True)
+
+    children: list[Process] = [
+        Process("smtp-sink", ["-m", "deploy.sinks", "smtp", "--port", str(SMTP_PORT)], env),
+        Process("sms-sink", ["-m", "deploy.sinks", "twilio", "--port", str(TWILIO_SINK_PORT)], env),
+    ]
+    for name in services():
+        port = os.environ.get(f"{name.upper()}_HTTP_PORT", str(HTTP_PORTS.get(name, 8010)))
+        children.append(
+            Process(name, ["-m", f"services.{name}"], {**env, "SERVICE_NAME": name, "HTTP_PORT": port})
+        )
+    print(f"Leaseline is starting: Kafka {bootstrap}, store {mongodb_uri}")
+    for name in services():
+        print(f"  {name:<14} http://127.0.0.1:{HTTP_PORTS.get(name, 8010)}  (/docs, /healthz, /readyz, /metrics)")
+    print(f"  mail sink      smtp://127.0.0.1:{SMTP_PORT}   sms sink http://127.0.0.1:{TWILIO_SINK_PORT}")
+    print("  delivered messages: python -m deploy.sinks inbox      stop: Ctrl-C\n", flush=True)
+
+    selector = selectors.DefaultSelector()
+    for child in children:
+        assert child.proc.stdout is not None
+        os.set_blocking(child.proc.stdout.fileno(), False)
+        selector.register(child.proc.stdout, selectors.EVENT_READ, child)
+    exit_code = 0
+    try:
+        while not stopping:
+            for key, _ in selector.select(timeout=0.5):
+                child = key.data
+                data = key.fileobj.read()  # type: ignore[union-attr]
+                if data:
+                    for line in data.decode(errors="replace").splitlines():
+                        print(f"{child.name:>13} | {line}", flush=True)
+                else:
+                    selector.unregister(key.fileobj)
+            dead = [c for c in children if c.proc.poll() is not None]
+            if dead:
+                print(f"{', '.join(c.name for c in dead)} stopped unexpectedly; stopping everything", flush=True)
+                exit_code = 1
+                break
+    finally:
+        print("stopping services...", flush=True)
+        for child in reversed(children):
+            child.stop()
+        for component in owned:
+            component.stop()
+        time.sleep(0.1)
+        print("stopped.", flush=True)
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
