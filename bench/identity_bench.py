@@ -1,0 +1,90 @@
+"""Identity sign-in throughput: logins/s and p99 through the real HTTP app vs the raw argon2id verify rate."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import httpx
+
+from services.identity.adapters.hashing import PasswordHasher
+from services.identity.bootstrap import build
+from services.identity.settings import IdentitySettings
+from shared.crypto import Keyring
+
+PASSWORD = "Velvet-Harbour-Lantern-42"
+
+
+async def _raw_verify_rate(hasher: PasswordHasher, seconds: float, concurrency: int) -> float:
+    stored = hasher.hash_now(PASSWORD)
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await hasher.verify(stored, PASSWORD)
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done / (time.perf_counter() - started)
+
+
+async def measure(kafka_bootstrap: str, mongodb_uri: str, *, seconds: float = 10.0, concurrency: int = 8) -> dict[str, Any]:
+    unique = uuid.uuid4().hex[:8]
+    settings = IdentitySettings(
+        kafka_bootstrap_servers=kafka_bootstrap, mongodb_uri=mongodb_uri, mongodb_database=f"bench_identity_{unique}",
+        topic_namespace=f"bench{unique}.", topic_partitions=1, event_secret_keys=Keyring.generate_spec("bench"),
+        rate_address_checks_per_5min=10**9, rate_account_checks_per_15min=10**9, rate_address_sends_per_hour=10**9,
+        rate_account_sends_per_hour=10**9, http_port=0,
+    )
+    runtime = build(settings)
+    await runtime.start()
+    try:
+        ctx = runtime.identity
+        from services.identity.service_layer.administration import Person, create_staff_account
+
+        email = f"bench.{unique}@example.fr"
+        await create_staff_account(ctx, Person("Bench", "Mark", email, "en"), ["service_desk"], PASSWORD)
+        raw = await _raw_verify_rate(ctx.hasher, seconds / 2, concurrency)
+        latencies: list[float] = []
+        deadline = time.perf_counter() + seconds
+        transport = httpx.ASGITransport(app=runtime.app, client=("127.0.0.1", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://identity") as http:
+
+            async def worker() -> None:
+                while time.perf_counter() < deadline:
+                    started = time.perf_counter()
+                    answer = await http.post("/v1/sessions", json={"email": email, "password": PASSWORD})
+                    assert answer.status_code == 200, answer.text
+                    latencies.append(time.perf_counter() - started)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            elapsed = time.perf_counter() - started
+        latencies.sort()
+        logins = len(latencies) / elapsed
+        return {
+            "logins_per_s": round(logins, 1),
+            "login_p50_ms": round(latencies[len(latencies) // 2] * 1000, 1),
+            "login_p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 1),
+            "argon2id_verifies_per_s": round(raw, 1),
+            "overhead_vs_hash": round(raw / logins - 1, 3) if logins else None,
+            "target_overhead": 0.15,
+            "concurrency": concurrency,
+            "argon2": {"memory_kib": settings.argon2_memory_kib, "time_cost": settings.argon2_time_cost,
+                       "parallelism": settings.argon2_parallelism},
+        }
+    finally:
+        await runtime.stop()
+
+
+if __name__ == "__main__":
+    import json
+    import os
+
+    print(json.dumps(asyncio.run(measure(os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092"),
+                                         os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27027/"))), indent=2))

@@ -1,0 +1,1 @@
+"""Leaseline services: one package each, never importing one another."""

@@ -1,0 +1,1 @@
+"""Identity: registration, activation, login, sessions, devices, organisations and their administrators."""

@@ -1,0 +1,170 @@
+"""Access tokens: short-lived JWTs signed with an asymmetric key (EdDSA/Ed25519 or ES256), with ``kid``.
+
+Keys come from the environment (``JWT_PRIVATE_KEY_PATH`` or ``JWT_PRIVATE_KEY_PEM``, with
+``JWT_KEY_ID``) or, when none is configured, are generated at first start and kept in the
+service's own store, the private key sealed with ``EVENT_SECRET_KEYS`` (see docs/identity.md).
+Anyone verifies a token with the public keys published at ``/.well-known/jwks.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from services.identity.domain.errors import Refusal
+from shared.crypto import Keyring
+from shared.storage import DocumentStore
+from shared.storage.mongo import is_duplicate_key
+
+KEY_DOC = "current"
+SEAL_CONTEXT = "identity/signing-key"
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    kid: str
+    algorithm: str
+    private: Any
+    public: Any
+
+    def jwk(self) -> dict[str, str]:
+        algorithm = jwt.algorithms.get_default_algorithms()[self.algorithm]
+        jwk = json.loads(algorithm.to_jwk(self.public))
+        return {**jwk, "kid": self.kid, "alg": self.algorithm, "use": "sig"}
+
+
+def key_from_pem(pem: bytes, kid: str | None = None) -> SigningKey:
+    private = serialization.load_pem_private_key(pem, password=None)
+    if isinstance(private, ed25519.Ed25519PrivateKey):
+        algorithm = "EdDSA"
+    elif isinstance(private, ec.EllipticCurvePrivateKey) and private.curve.name == "secp256r1":
+        algorithm = "ES256"
+    else:
+        raise ValueError("the JWT signing key must be Ed25519 (EdDSA) or EC P-256 (ES256)")
+    public = private.public_key()
+    if not kid:
+        raw = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        kid = base64.urlsafe_b64encode(hashlib.sha256(raw).digest()[:12]).decode().rstrip("=")
+    return SigningKey(kid, algorithm, private, public)
+
+
+def generate_key() -> SigningKey:
+    pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return key_from_pem(pem)
+
+
+def _pem(key: SigningKey) -> str:
+    return key.private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+async def load_or_create_key(
+    *, pem: bytes | None, kid: str | None, store: DocumentStore, keyring: Keyring, now: datetime
+) -> SigningKey:
+    if pem:
+        return key_from_pem(pem, kid)
+    doc = await store.get(KEY_DOC)
+    if doc is None:
+        key = generate_key()
+        try:
+            await store.create(
+                KEY_DOC,
+                {
+                    "kid": key.kid,
+                    "algorithm": key.algorithm,
+                    "private_key": keyring.seal(_pem(key), context=SEAL_CONTEXT),
+                    "public_jwk": key.jwk(),
+                    "created_at": now,
+                },
+            )
+            return key
+        except Exception as error:
+            if not is_duplicate_key(error):
+                raise
+            doc = await store.get(KEY_DOC)  # another instance generated it first: use theirs
+    assert doc is not None
+    return key_from_pem(keyring.unseal(doc.state["private_key"], context=SEAL_CONTEXT).encode(), doc.state["kid"])
+
+
+def read_configured_pem(path: str, inline: str) -> bytes | None:
+    if inline:
+        return inline.encode()
+    if path:
+        return Path(path).read_bytes()
+    return None
+
+
+class AccessTokens:
+    """Issues and verifies access tokens; verification accepts only our algorithms and our key ids."""
+
+    def __init__(self, *, issuer: str, audience: str, ttl: timedelta) -> None:
+        self.issuer = issuer
+        self.audience = audience
+        self.ttl = ttl
+        self._current: SigningKey | None = None
+        self._keys: dict[str, SigningKey] = {}
+
+    def use(self, key: SigningKey, *, also_verify: list[SigningKey] = ()) -> None:  # type: ignore[assignment]
+        self._current = key
+        self._keys = {k.kid: k for k in [key, *also_verify]}
+
+    @property
+    def ready(self) -> bool:
+        return self._current is not None
+
+    def jwks(self) -> dict[str, list[dict[str, str]]]:
+        return {"keys": [k.jwk() for k in self._keys.values()]}
+
+    def issue(self, claims: dict[str, Any], now: datetime) -> str:
+        if self._current is None:
+            raise RuntimeError("signing key not loaded yet")
+        body = {
+            **claims,
+            "iss": self.issuer,
+            "aud": self.audience,
+            "iat": int(now.timestamp()),
+            "nbf": int(now.timestamp()),
+            "exp": int((now + self.ttl).timestamp()),
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(body, self._current.private, algorithm=self._current.algorithm, headers={"kid": self._current.kid})
+
+    def verify(self, token: str, now: datetime) -> dict[str, Any]:
+        invalid = Refusal("access_token_invalid", "the access token is not valid: sign in again", 401,
+                          headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise invalid from None
+        key = self._keys.get(str(header.get("kid")))
+        if key is None or header.get("alg") != key.algorithm:
+            raise invalid
+        try:
+            # pyjwt checks exp/nbf against the system clock; we check them against the injected one.
+            claims = jwt.decode(
+                token, key.public, algorithms=[key.algorithm], audience=self.audience, issuer=self.issuer,
+                options={"require": ["exp", "iat", "sub", "sid", "iss", "aud"], "verify_exp": False, "verify_nbf": False,
+                         "verify_iat": False},
+            )
+        except jwt.PyJWTError:
+            raise invalid from None
+        stamp = now.timestamp()
+        if stamp >= claims["exp"]:
+            raise Refusal("access_token_expired", "the access token has expired: refresh it", 401,
+                          headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        if stamp + 60 < claims.get("nbf", claims["iat"]):
+            raise invalid
+        return claims

@@ -1,0 +1,60 @@
+"""One-time codes (device authorisation, Belgian registration): 6 digits, 10 minutes, 5 tries, 3 sends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from services.identity.domain import tokens
+from services.identity.domain.errors import Refusal
+
+
+@dataclass(frozen=True)
+class IssuedCode:
+    code: str
+    stored: dict
+
+
+def issue_code(now: datetime, sends_so_far: int, ttl=tokens.DEVICE_CODE_TTL) -> IssuedCode:
+    if sends_so_far >= tokens.CODE_MAX_SENDS:
+        raise Refusal(
+            "too_many_codes", f"at most {tokens.CODE_MAX_SENDS} codes can be sent for one attempt: start again", 429
+        )
+    code = tokens.new_code()
+    salt = tokens.new_salt()
+    return IssuedCode(code, {"hash": tokens.hash_code(code, salt), "salt": salt, "expires_at": now + ttl, "tries": 0})
+
+
+@dataclass(frozen=True)
+class CodeCheck:
+    ok: bool
+    stored: dict | None  # the code slot after this try (None: the code is spent or dead)
+    refusal: Refusal | None = None
+
+
+def check_code(stored: dict | None, code: str, now: datetime) -> CodeCheck:
+    if stored is None:
+        return CodeCheck(False, None, Refusal("code_not_requested", "ask for a code first", 400))
+    if stored["tries"] >= tokens.CODE_MAX_TRIES:
+        return CodeCheck(False, stored, Refusal("code_dead", "too many wrong codes: ask for a new one", 400))
+    if now >= stored["expires_at"]:
+        return CodeCheck(False, stored, Refusal("code_expired", "this code has expired: ask for a new one", 400))
+    if tokens.same(tokens.hash_code(code, stored["salt"]), stored["hash"]):
+        return CodeCheck(True, None)
+    tries = stored["tries"] + 1
+    left = tokens.CODE_MAX_TRIES - tries
+    after = {**stored, "tries": tries}
+    if left <= 0:
+        return CodeCheck(False, after, Refusal("code_dead", "too many wrong codes: ask for a new one", 400))
+    return CodeCheck(
+        False, after, Refusal("code_wrong", f"wrong code: {left} tries left", 400, details={"tries_left": left})
+    )
+
+
+def remembered_device_usable(device: dict, now: datetime) -> bool:
+    """A remembered device stays trusted while it is used at least once every 180 days."""
+    return (
+        device.get("remembered", False)
+        and device.get("revoked_at") is None
+        and now - device["last_used_at"] < tokens.REMEMBERED_DEVICE_IDLE_LIMIT
+    )

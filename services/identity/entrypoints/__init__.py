@@ -1,0 +1,1 @@
+"""Thin translators: HTTP requests and Kafka events in, handler calls, answers out."""

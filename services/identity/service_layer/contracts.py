@@ -1,0 +1,172 @@
+"""Linking a login to a finance contract, and what identity learns from the contracts service."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+from services.identity.domain import accounts as rules
+from services.identity.domain import tokens
+from services.identity.domain.access import KnownContract, access_ends_on
+from services.identity.domain.errors import Refusal
+from services.identity.service_layer.context import Caller, Identity, addressed, retrying
+from services.identity.service_layer.sessions import mark_sessions_revoked, next_generation
+from shared.events import (
+    ContractClosed,
+    ContractLinkRejected,
+    ContractLinkRequested,
+    ContractLinkVerified,
+    ContractOpened,
+    CustomerAccessEnded,
+)
+from shared.messaging import Delivery
+
+
+async def request_link(ctx: Identity, caller: Caller, account_id: str, *, method: str, first_name: str | None = None,
+                       last_name: str | None = None, vin: str | None = None,
+                       last_payment_amount: Decimal | None = None, customer_number: str | None = None) -> str:
+    """Ask contracts to verify the details; the answer arrives as contract.link_verified or _rejected."""
+    await ctx.limit(caller, "contract_link", "check", account_id)
+
+    async def attempt() -> str:
+        doc = await ctx.stores.accounts.get(account_id)
+        assert doc is not None
+        if doc.state["kind"] != rules.CUSTOMER:
+            raise Refusal("not_a_customer", "only customer accounts link contracts", 403)
+        if doc.state.get("link", {}).get("status") == "verified":
+            raise Refusal("already_linked", "this login is already linked to your contracts", 409)
+        request_id = tokens.new_id("lnk")
+        event = ContractLinkRequested(
+            customer_id=doc.id, method=method,  # type: ignore[arg-type]
+            first_name=first_name, last_name=last_name, vin=vin, last_payment_amount=last_payment_amount,
+            customer_number=customer_number,
+        )
+        link = {"status": "pending", "request_id": request_id, "method": method, "requested_at": ctx.now()}
+        await ctx.stores.accounts.update(doc, doc.state | {"link": link}, [ctx.envelope(event, caller)])
+        return request_id
+
+    return await retrying(attempt)
+
+
+async def on_link_verified(ctx: Identity, event: ContractLinkVerified, delivery: Delivery) -> None:
+    doc = await ctx.stores.accounts.get(event.customer_id)
+    if doc is None or doc.has_applied(delivery.event_id):
+        return
+    link = doc.state.get("link", {}) | {"status": "verified", "verified_at": ctx.now(), "reason": None}
+    numbers = sorted(set(doc.state.get("contract_numbers", [])) | set(event.contract_numbers))
+    await ctx.stores.accounts.update(
+        doc,
+        doc.state | {"link": link, "customer_number": event.customer_number, "contract_numbers": numbers},
+        applied=delivery.event_id,
+    )
+
+
+async def on_link_rejected(ctx: Identity, event: ContractLinkRejected, delivery: Delivery) -> None:
+    doc = await ctx.stores.accounts.get(event.customer_id)
+    if doc is None or doc.has_applied(delivery.event_id):
+        return
+    if doc.state.get("link", {}).get("status") == "verified":
+        await ctx.stores.accounts.update(doc, doc.state, applied=delivery.event_id)  # a stale answer
+        return
+    link = doc.state.get("link", {}) | {"status": "rejected", "reason": event.reason, "rejected_at": ctx.now()}
+    await ctx.stores.accounts.update(doc, doc.state | {"link": link}, applied=delivery.event_id)
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+def _known(contracts: list[dict[str, Any]]) -> list[KnownContract]:
+    return [
+        KnownContract(c["number"], c["running"], c["closed_on"].date() if c.get("closed_on") else None)
+        for c in contracts
+    ]
+
+
+def _with_access_end(state: dict[str, Any]) -> dict[str, Any]:
+    ends = access_ends_on(_known(state["contracts"]))
+    return state | {"access_ends_at": _midnight(ends) if ends else None}
+
+
+async def on_contract_opened(ctx: Identity, event: ContractOpened, delivery: Delivery) -> None:
+    """Learn the customer number, the mobile and email on file; a running contract keeps access open."""
+    doc = await ctx.stores.customers.get(event.customer_number)
+    if doc is not None and doc.has_applied(delivery.event_id):
+        return
+    state = doc.state if doc else {"contracts": [], "registration_code": None, "access_ended_at": None}
+    contracts = [c for c in state["contracts"] if c["number"] != event.contract_number]
+    previous = next((c for c in state["contracts"] if c["number"] == event.contract_number), None)
+    # Closed already (the close overtook the opening: they travel on different topics): stays closed.
+    contracts.append(previous or {"number": event.contract_number, "running": True, "closed_on": None})
+    state = state | {
+        "contracts": contracts,
+        "mobile_on_file": event.mobile_on_file or state.get("mobile_on_file"),
+        "email_on_file": str(event.email_on_file) if event.email_on_file else state.get("email_on_file"),
+        "market": event.market,
+        "holder_first_name": event.holder_first_name,
+        "holder_last_name": event.holder_last_name,
+    }
+    state = _with_access_end(state)
+    if doc is None:
+        await ctx.stores.customers.create(event.customer_number, state, applied=delivery.event_id)
+    else:
+        await ctx.stores.customers.update(doc, state, applied=delivery.event_id)
+
+
+async def on_contract_closed(ctx: Identity, event: ContractClosed, delivery: Delivery) -> None:
+    """Note the end; the sweep ends access 18 months after the last running contract ended."""
+    doc = await ctx.stores.customers.get(event.customer_number)
+    if doc is not None and doc.has_applied(delivery.event_id):
+        return
+    state = doc.state if doc else {"contracts": [], "registration_code": None, "access_ended_at": None}
+    closed = {"number": event.contract_number, "running": False, "closed_on": _midnight(event.closed_on)}
+    contracts = [c for c in state["contracts"] if c["number"] != event.contract_number] + [closed]
+    if event.customer_has_running_contract and not any(c["running"] for c in contracts):
+        # contracts knows of a running contract we have not heard of yet: keep access open meanwhile
+        contracts.append({"number": f"unseen-{event.contract_number}", "running": True, "closed_on": None})
+    elif not event.customer_has_running_contract:
+        contracts = [c for c in contracts if not c["number"].startswith("unseen-")]
+    state = _with_access_end(state | {"contracts": contracts})
+    if doc is None:
+        await ctx.stores.customers.create(event.customer_number, state, applied=delivery.event_id)
+    else:
+        await ctx.stores.customers.update(doc, state, applied=delivery.event_id)
+
+
+async def end_expired_access(ctx: Identity) -> int:
+    """The periodic sweep: end the access of every account whose customer's access end has passed.
+
+    Idempotent: an account already ended is skipped, so a sweep interrupted halfway is simply run again.
+    """
+    now = ctx.now()
+    ended = 0
+    due = ctx.stores.customers.collection.find({"access_ends_at": {"$lte": now}}, {"_id": 1})
+    for customer in await due.to_list():
+        accounts = ctx.stores.accounts.collection.find(
+            {"customer_number": customer["_id"], "status": {"$ne": rules.ACCESS_ENDED}}, {"_id": 1}
+        )
+        for raw in await accounts.to_list():
+            if await _end_access(ctx, raw["_id"]):
+                ended += 1
+    return ended
+
+
+async def _end_access(ctx: Identity, account_id: str) -> bool:
+    async def attempt() -> bool:
+        doc = await ctx.stores.accounts.get(account_id)
+        if doc is None or doc.state["status"] == rules.ACCESS_ENDED:
+            return False
+        event = CustomerAccessEnded(customer_id=doc.id, reason="no_running_contract", **addressed(doc.state))
+        now = ctx.now()
+        await ctx.stores.accounts.update(
+            doc,
+            doc.state | {"status": rules.ACCESS_ENDED, "access_ended_at": now, **next_generation(doc.state)},
+            [ctx.envelope(event)],
+        )
+        return True
+
+    done = await retrying(attempt)
+    if done:
+        await mark_sessions_revoked(ctx, account_id, "access_ended")
+    return done

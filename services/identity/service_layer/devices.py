@@ -1,0 +1,205 @@
+"""Device authorisation: an unknown device proves itself with a 6-digit code sent by text or email."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.identity.domain import accounts as rules
+from services.identity.domain import codes, tokens
+from services.identity.domain.errors import Refusal
+from services.identity.service_layer.context import Caller, Identity, addressed, retrying
+from shared.events import DeviceAuthorised, DeviceCodeIssued
+from shared.storage import StoredDocument
+
+
+async def recognise(ctx: Identity, account_id: str, device_token: str | None) -> str | None:
+    """The id of the remembered device this token proves, refreshing its last use; None otherwise."""
+    parts = tokens.split_compound(device_token) if device_token else None
+    if parts is None:
+        return None
+    device_id, secret = parts
+    device = await ctx.stores.devices.get(device_id)
+    if device is None or device.state["account_id"] != account_id or not device.state.get("token_hash"):
+        return None
+    if not tokens.same(tokens.hash_secret(secret), device.state["token_hash"]):
+        return None
+    if not codes.remembered_device_usable(device.state, ctx.now()):
+        return None
+    try:
+        await ctx.stores.devices.update(device, device.state | {"last_used_at": ctx.now()})
+    except Exception:
+        pass  # a concurrent sign-in from the same device refreshed it already
+    return device_id
+
+
+async def start_challenge(ctx: Identity, caller: Caller, account: StoredDocument, *, purpose: str,
+                          replaces_session: str | None = None) -> dict[str, Any]:
+    challenge_id = tokens.new_id("chl")
+    secret = tokens.new_secret()
+    now = ctx.now()
+    expires_at = now + tokens.CHALLENGE_TTL
+    await ctx.stores.challenges.create(
+        challenge_id,
+        {
+            "account_id": account.id,
+            "purpose": purpose,
+            "replaces_session": replaces_session,
+            "secret_hash": tokens.hash_secret(secret),
+            "device_id": tokens.new_id("dev"),
+            "created_at": now,
+            "expires_at": expires_at,
+            "status": "open",
+            "code": None,
+            "codes_sent": 0,
+            "channel": None,
+        },
+    )
+    return {
+        "status": "device_authorisation_required",
+        "challenge": tokens.compound(challenge_id, secret),
+        "channels": rules.channels(account.state),
+        "expires_at": expires_at,
+    }
+
+
+async def _open_challenge(ctx: Identity, challenge_token: str) -> tuple[StoredDocument, StoredDocument]:
+    parts = tokens.split_compound(challenge_token)
+    invalid = Refusal("challenge_invalid", "this device authorisation is not valid: sign in again", 400)
+    if parts is None:
+        raise invalid
+    challenge = await ctx.stores.challenges.get(parts[0])
+    if challenge is None or not tokens.same(tokens.hash_secret(parts[1]), challenge.state["secret_hash"]):
+        raise invalid
+    if challenge.state["status"] != "open":
+        raise Refusal("challenge_closed", "this device authorisation is already finished: sign in again", 400)
+    if ctx.now() >= challenge.state["expires_at"]:
+        raise Refusal("challenge_expired", "this device authorisation has expired: sign in again", 400)
+    account = await ctx.stores.accounts.get(challenge.state["account_id"])
+    if account is None or account.state["status"] != rules.ACTIVE:
+        raise invalid
+    return challenge, account
+
+
+async def send_code(ctx: Identity, caller: Caller, challenge_token: str, channel: str) -> dict[str, Any]:
+    await ctx.limit(caller, "device_code", "send", None)
+    limited: list[str] = []
+
+    async def attempt() -> dict[str, Any]:
+        challenge, account = await _open_challenge(ctx, challenge_token)
+        if channel not in rules.channels(account.state):
+            raise Refusal("channel_unavailable", "no mobile number on file: choose email", 400)
+        issued = codes.issue_code(ctx.now(), challenge.state["codes_sent"], tokens.DEVICE_CODE_TTL)
+        if not limited:  # once per request, also when a concurrent write makes us try again
+            await ctx.limit(caller, "device_code", "send", account.id, address=False)
+            limited.append(account.id)
+        event = DeviceCodeIssued(
+            customer_id=account.id,
+            **addressed(account.state),
+            device_id=challenge.state["device_id"],
+            channel=channel,  # type: ignore[arg-type]
+            mobile=account.state.get("mobile") if channel == "sms" else None,
+            code=ctx.seal(DeviceCodeIssued, "code", issued.code),
+            code_expires_at=issued.stored["expires_at"],
+        )
+        await ctx.stores.challenges.update(
+            challenge,
+            challenge.state | {"code": issued.stored, "codes_sent": challenge.state["codes_sent"] + 1, "channel": channel},
+            [ctx.envelope(event, caller)],
+        )
+        return {"status": "code_sent", "channel": channel, "code_expires_at": issued.stored["expires_at"]}
+
+    return await retrying(attempt)
+
+
+async def verify_code(ctx: Identity, caller: Caller, challenge_token: str, code: str, remember: bool,
+                      label: str | None) -> dict[str, Any]:
+    from services.identity.service_layer.sessions import open_session, revoke_session
+
+    await ctx.limit(caller, "device_verify", "check", None)
+    limited: list[str] = []
+
+    async def check() -> tuple[StoredDocument, StoredDocument]:
+        challenge, account = await _open_challenge(ctx, challenge_token)
+        if not limited:
+            await ctx.limit(caller, "device_verify", "check", account.id, address=False)
+            limited.append(account.id)
+        outcome = codes.check_code(challenge.state.get("code"), code, ctx.now())
+        if outcome.ok:
+            await ctx.stores.challenges.update(challenge, challenge.state | {"status": "done", "code": None})
+            return challenge, account
+        assert outcome.refusal is not None
+        if challenge.state.get("code") is not None:
+            dead = outcome.refusal.code == "code_dead"
+            await ctx.stores.challenges.update(
+                challenge, challenge.state | {"code": outcome.stored} | ({"status": "dead"} if dead else {})
+            )
+        raise outcome.refusal
+
+    challenge, account = await retrying(check)
+    now = ctx.now()
+    device_id = challenge.state["device_id"]
+    label = (label or caller.user_agent or "unnamed device")[:200]
+    secret = tokens.new_secret() if remember else None
+    event = DeviceAuthorised(
+        customer_id=account.id, **addressed(account.state), device_id=device_id, device_label=label, remembered=remember
+    )
+    await ctx.stores.devices.create(
+        device_id,
+        {
+            "account_id": account.id,
+            "label": label,
+            "remembered": remember,
+            "token_hash": tokens.hash_secret(secret) if secret else None,
+            "channel": challenge.state.get("channel"),
+            "authorised_at": now,
+            "last_used_at": now,
+            "revoked_at": None,
+        },
+        [ctx.envelope(event, caller)],
+    )
+    if challenge.state.get("replaces_session"):
+        await revoke_session(ctx, challenge.state["replaces_session"], "device_authorised", owner=account.id)
+    response = await open_session(ctx, caller, account, device_id=device_id, amr=["pwd", "otp"])
+    if secret:
+        response["device_token"] = tokens.compound(device_id, secret)
+    return response
+
+
+async def list_devices(ctx: Identity, account_id: str) -> list[dict[str, Any]]:
+    raws = await ctx.stores.devices.collection.find({"account_id": account_id, "revoked_at": None}).to_list()
+    now = ctx.now()
+    return [
+        {
+            "device_id": r["_id"],
+            "label": r["label"],
+            "remembered": r["remembered"] and codes.remembered_device_usable(r, now),
+            "authorised_at": r["authorised_at"],
+            "last_used_at": r["last_used_at"],
+        }
+        for r in sorted(raws, key=lambda r: r["authorised_at"])
+    ]
+
+
+async def forget_device(ctx: Identity, account_id: str, device_id: str) -> bool:
+    async def attempt() -> bool:
+        device = await ctx.stores.devices.get(device_id)
+        if device is None or device.state["account_id"] != account_id:
+            return False
+        if device.state["revoked_at"] is None:
+            await ctx.stores.devices.update(device, device.state | {"revoked_at": ctx.now(), "token_hash": None})
+        return True
+
+    if not await retrying(attempt):
+        return False
+    from services.identity.service_layer.sessions import revoke_session
+
+    on_device = ctx.stores.sessions.collection.find({"account_id": account_id, "device_id": device_id, "revoked_at": None})
+    for raw in await on_device.to_list():
+        await revoke_session(ctx, raw["_id"], "device_forgotten", owner=account_id)
+    return True
+
+
+async def forget_all_devices(ctx: Identity, account_id: str) -> None:
+    raws = await ctx.stores.devices.collection.find({"account_id": account_id, "revoked_at": None}, {"_id": 1}).to_list()
+    for raw in raws:
+        await forget_device(ctx, account_id, raw["_id"])

@@ -1,0 +1,151 @@
+"""Changing a password: knowing the current one, through a reset link, or when an administrator requires it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.identity.domain import accounts as rules
+from services.identity.domain import tokens
+from services.identity.domain.errors import Refusal
+from services.identity.domain.lockout import LockState
+from services.identity.service_layer.context import Caller, Identity, addressed, no_sooner_than, retrying
+from services.identity.service_layer.registration import check_password
+from services.identity.service_layer.sessions import (
+    end_all_sessions,
+    mark_sessions_revoked,
+    next_generation,
+    open_session,
+    record_failure,
+)
+from shared.events import AccountUnlocked, PasswordChanged, PasswordResetRequested
+
+
+def _new_password_fields(state: dict[str, Any], password_hash: str, now: Any) -> dict[str, Any]:
+    return {
+        "password_hash": password_hash,
+        "password_changed_at": now,
+        "must_change_password": False,
+        "change_ticket": None,
+        **next_generation(state),
+    }
+
+
+async def change(ctx: Identity, caller: Caller, account_id: str, current: str, new: str) -> dict[str, Any]:
+    """Knowing the current password: every session ends, a fresh one is returned for this client."""
+    await ctx.limit(caller, "change_password", "check", account_id)
+    account = await ctx.stores.accounts.get(account_id)
+    assert account is not None
+    if not await ctx.hasher.verify(account.state.get("password_hash"), current):
+        await record_failure(ctx, caller, account_id)
+        raise Refusal("current_password_wrong", "the current password is wrong", 400)
+    state = account.state
+    check_password(ctx, new, state["first_name"], state["last_name"], state["email"], field="new_password")
+    new_hash = await ctx.hasher.hash(new)
+
+    async def attempt() -> Any:
+        doc = await ctx.stores.accounts.get(account_id)
+        assert doc is not None
+        event = PasswordChanged(customer_id=doc.id, reason="changed", **addressed(doc.state))
+        return await ctx.stores.accounts.update(
+            doc, doc.state | _new_password_fields(doc.state, new_hash, ctx.now()), [ctx.envelope(event, caller)]
+        )
+
+    updated = await retrying(attempt)
+    await mark_sessions_revoked(ctx, account_id, "password_changed")
+    return await open_session(ctx, caller, updated, device_id=None, amr=["pwd"])
+
+
+async def request_reset(ctx: Identity, caller: Caller, email: str) -> None:
+    """Email a single-use reset link (1 hour; older links stop working). Unknown emails answered the same."""
+    await ctx.limit(caller, "password_reset", "send", email)
+    async with no_sooner_than(ctx.answer_floor_s):
+        await _request_reset(ctx, caller, email)
+
+
+async def _request_reset(ctx: Identity, caller: Caller, email: str) -> None:
+    async def attempt() -> None:
+        doc = await ctx.account_by_email(email)
+        if doc is None or doc.state["status"] != rules.ACTIVE:
+            await ctx.pad(email)
+            return
+        issued = tokens.issue_token(doc.id, ctx.now(), tokens.RESET_TTL)
+        state = doc.state | {
+            "reset": issued.stored,
+            "reset_spent": tokens.spend(doc.state.get("reset"), doc.state.get("reset_spent", []), "superseded"),
+        }
+        event = PasswordResetRequested(
+            customer_id=doc.id,
+            **addressed(doc.state),
+            reset_token=ctx.seal(PasswordResetRequested, "reset_token", issued.token),
+            reset_expires_at=issued.stored["expires_at"],
+        )
+        await ctx.stores.accounts.update(doc, state, [ctx.envelope(event, caller)])
+
+    await retrying(attempt)
+
+
+async def reset(ctx: Identity, caller: Caller, token: str, new: str) -> None:
+    """Set a new password with a reset link: the link is spent, every session ends, the owner is told."""
+    parts = tokens.split_compound(token)
+    if parts is None:
+        raise Refusal("reset_invalid", "this reset link is not valid", 400)
+    account_id, secret = parts
+    await ctx.limit(caller, "password_reset_confirm", "check", account_id)
+    doc = await ctx.stores.accounts.get(account_id)
+    if doc is None:
+        raise Refusal("reset_invalid", "this reset link is not valid", 400)
+    refusal = tokens.check_single_use_token(secret, doc.state.get("reset"), doc.state.get("reset_spent", []),
+                                            ctx.now(), what="reset")
+    if refusal is not None:
+        raise refusal
+    check_password(ctx, new, doc.state["first_name"], doc.state["last_name"], doc.state["email"], field="new_password")
+    new_hash = await ctx.hasher.hash(new)
+
+    async def attempt() -> None:
+        current = await ctx.stores.accounts.get(account_id)
+        assert current is not None
+        again = tokens.check_single_use_token(secret, current.state.get("reset"), current.state.get("reset_spent", []),
+                                              ctx.now(), what="reset")
+        if again is not None:
+            raise again  # used concurrently
+        state = current.state | _new_password_fields(current.state, new_hash, ctx.now()) | {
+            "reset": None,
+            "reset_spent": tokens.spend(current.state["reset"], current.state.get("reset_spent", []), "used"),
+        }
+        # A reset proves the mailbox: it clears failures and timed locks, never a permanent lock.
+        lock = LockState.from_state(current.state)
+        events = [ctx.envelope(PasswordChanged(customer_id=current.id, reason="reset", **addressed(current.state)), caller)]
+        if lock.until is not None or not lock.locked:
+            state |= LockState(locks=lock.locks).to_state()
+            if lock.locked:
+                events.append(ctx.envelope(
+                    AccountUnlocked(customer_id=current.id, unlocked_by="password-reset", **addressed(current.state)), caller
+                ))
+        await ctx.stores.accounts.update(current, state, events)
+
+    await retrying(attempt)
+    await mark_sessions_revoked(ctx, account_id, "password_reset")
+
+
+async def forced_change(ctx: Identity, caller: Caller, ticket: str, new: str) -> None:
+    """The change an administrator required, with the ticket handed out at sign-in."""
+    parts = tokens.split_compound(ticket)
+    if parts is None:
+        raise Refusal("change_ticket_invalid", "this ticket is not valid: sign in again", 400)
+    account_id, secret = parts
+    await ctx.limit(caller, "forced_change", "check", account_id)
+    doc = await ctx.stores.accounts.get(account_id)
+    stored = doc.state.get("change_ticket") if doc else None
+    if doc is None or stored is None or not tokens.same(tokens.hash_secret(secret), stored["hash"]):
+        raise Refusal("change_ticket_invalid", "this ticket is not valid: sign in again", 400)
+    if ctx.now() >= stored["expires_at"]:
+        raise Refusal("change_ticket_expired", "this ticket has expired: sign in again", 400)
+    state = doc.state
+    check_password(ctx, new, state["first_name"], state["last_name"], state["email"], field="new_password")
+    if await ctx.hasher.verify(state["password_hash"], new):
+        raise Refusal("password_unchanged", "choose a password different from the current one", 422)
+    new_hash = await ctx.hasher.hash(new)
+    event = PasswordChanged(customer_id=doc.id, reason="forced_change", **addressed(state))
+    await end_all_sessions(ctx, account_id, "forced_password_change",
+                           extra=_new_password_fields(state, new_hash, ctx.now()),
+                           events=[ctx.envelope(event, caller)])

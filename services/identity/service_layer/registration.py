@@ -1,0 +1,277 @@
+"""Registering (by email, or Belgian-style from a customer number), activating, resending the link."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from services.identity.domain import accounts as rules
+from services.identity.domain import codes, tokens
+from services.identity.domain.errors import FieldProblem, Refusal
+from services.identity.service_layer.context import Caller, Identity, addressed, no_sooner_than, retrying
+from shared.events import (
+    ActivationLinkReissued,
+    CustomerActivated,
+    CustomerAlreadyRegistered,
+    CustomerDetailsChanged,
+    CustomerRegistered,
+    RegistrationCodeIssued,
+)
+from shared.storage import StoredDocument
+from shared.storage.mongo import is_duplicate_key
+
+
+@dataclass(frozen=True)
+class Registration:
+    first_name: str
+    last_name: str
+    email: str  # normalised
+    password: str
+    locale: str
+    terms_version: str
+    mobile: str | None = None  # E.164
+
+
+def check_password(ctx: Identity, password: str, *personal: str | None, field: str = "password") -> None:
+    problems = ctx.passwords.problems(password, [p for p in personal if p], field=field)
+    if problems:
+        raise Refusal("validation_failed", problems[0].msg, 422, fields=problems)
+
+
+def new_account_state(ctx: Identity, reg: Registration, password_hash: str | None, *, kind: str = rules.CUSTOMER,
+                      roles: list[str] | None = None, organisation_id: str | None = None) -> dict[str, Any]:
+    now = ctx.now()
+    return {
+        "kind": kind,
+        "email": reg.email,
+        "first_name": reg.first_name,
+        "last_name": reg.last_name,
+        "locale": reg.locale,
+        "mobile": reg.mobile,
+        "roles": roles or ["customer"],
+        "organisation_id": organisation_id,
+        "status": rules.PENDING,
+        "password_hash": password_hash,
+        "password_changed_at": now if password_hash else None,
+        "created_at": now,
+        "activated_at": None,
+        "terms": {"version": reg.terms_version, "accepted_at": now, "how": "registration"} if reg.terms_version else None,
+        "activation": None,
+        "activation_spent": [],
+        "reset": None,
+        "reset_spent": [],
+        "failed_logins": 0,
+        "locks_so_far": 0,
+        "lock": None,
+        "must_change_password": False,
+        "change_ticket": None,
+        "link": {"status": "none"},
+        "customer_number": None,
+        "contract_numbers": [],
+        "session_generation": 0,
+    }
+
+
+async def register(ctx: Identity, caller: Caller, reg: Registration) -> None:
+    """Create a pending account and send its activation link; for a taken email, tell its owner instead.
+
+    Both paths do the same work (one read, one argon2 hash, one write) and answer the same.
+    """
+    check_password(ctx, reg.password, reg.first_name, reg.last_name, reg.email)
+    await ctx.limit(caller, "register", "send", reg.email)
+    async with no_sooner_than(ctx.answer_floor_s):
+        await _register(ctx, caller, reg)
+
+
+async def _register(ctx: Identity, caller: Caller, reg: Registration) -> None:
+    existing = await ctx.account_by_email(reg.email)
+    password_hash = await ctx.hasher.hash(reg.password)
+    if existing is None:
+        try:
+            await _create_pending(ctx, caller, reg, password_hash)
+            return
+        except Exception as error:
+            if not is_duplicate_key(error):
+                raise
+            existing = await ctx.account_by_email(reg.email)  # registered concurrently
+            if existing is None:
+                raise
+    await _tell_owner(ctx, caller, existing)
+
+
+async def _create_pending(ctx: Identity, caller: Caller, reg: Registration, password_hash: str) -> None:
+    account_id = tokens.new_id("cus")
+    issued = tokens.issue_token(account_id, ctx.now(), tokens.ACTIVATION_TTL)
+    state = new_account_state(ctx, reg, password_hash) | {"activation": issued.stored}
+    event = CustomerRegistered(
+        customer_id=account_id,
+        **addressed(state),
+        last_name=reg.last_name,
+        mobile=reg.mobile,
+        terms_version=reg.terms_version,
+        activation_token=ctx.seal(CustomerRegistered, "activation_token", issued.token),
+        activation_expires_at=issued.stored["expires_at"],
+    )
+    await ctx.stores.accounts.create(account_id, state, [ctx.envelope(event, caller)])
+
+
+async def _tell_owner(ctx: Identity, caller: Caller, account: StoredDocument) -> None:
+    """Recorded as a new attempt document (not an update of the account): an insert costs what the
+    new account's insert costs, so a taken email takes as long to answer as a free one."""
+    event = CustomerAlreadyRegistered(customer_id=account.id, **addressed(account.state))
+    await ctx.stores.registration_attempts.create(
+        tokens.new_id("rat"),
+        {"account_id": account.id, "at": ctx.now(), "email": account.state["email"], "kind": "already_registered"},
+        [ctx.envelope(event, caller)],
+    )
+
+
+def _spent_and_check(doc: StoredDocument, secret: str, ctx: Identity) -> None:
+    refusal = tokens.check_single_use_token(
+        secret, doc.state.get("activation"), doc.state.get("activation_spent", []), ctx.now(), what="activation"
+    )
+    if refusal is not None:
+        raise refusal
+
+
+async def activate(ctx: Identity, caller: Caller, token: str, password: str | None = None) -> None:
+    """Use an activation link once. Invited organisation users choose their password here."""
+    parts = tokens.split_compound(token)
+    if parts is None:
+        raise Refusal("activation_invalid", "this activation link is not valid", 400)
+    account_id, secret = parts
+    await ctx.limit(caller, "activate", "check", account_id)
+
+    async def attempt() -> None:
+        doc = await ctx.stores.accounts.get(account_id)
+        if doc is None:
+            raise Refusal("activation_invalid", "this activation link is not valid", 400)
+        _spent_and_check(doc, secret, ctx)
+        state = dict(doc.state)
+        if not state.get("password_hash"):
+            if not password:
+                raise Refusal(
+                    "validation_failed", "choose a password to activate your account", 422,
+                    fields=[FieldProblem(("body", "password"), "choose a password", "missing")],
+                )
+            check_password(ctx, password, state["first_name"], state["last_name"], state["email"])
+            state |= {"password_hash": await ctx.hasher.hash(password), "password_changed_at": ctx.now()}
+        state |= {
+            "status": rules.ACTIVE,
+            "activated_at": ctx.now(),
+            "activation": None,
+            "activation_spent": tokens.spend(state["activation"], state.get("activation_spent", []), "used"),
+        }
+        await ctx.stores.accounts.update(doc, state, [ctx.envelope(CustomerActivated(customer_id=doc.id), caller)])
+
+    await retrying(attempt)
+
+
+async def resend_activation(ctx: Identity, caller: Caller, email: str) -> None:
+    """A new link for a pending account (the old one stops working); otherwise nothing, answered the same."""
+    await ctx.limit(caller, "resend_activation", "send", email)
+    async with no_sooner_than(ctx.answer_floor_s):
+        await _resend(ctx, caller, email)
+
+
+async def _resend(ctx: Identity, caller: Caller, email: str) -> None:
+    async def attempt() -> None:
+        doc = await ctx.account_by_email(email)
+        if doc is None or doc.state["status"] != rules.PENDING:
+            await ctx.pad(email)
+            return
+        issued = tokens.issue_token(doc.id, ctx.now(), tokens.ACTIVATION_TTL)
+        state = doc.state | {
+            "activation": issued.stored,
+            "activation_spent": tokens.spend(doc.state.get("activation"), doc.state.get("activation_spent", []), "superseded"),
+        }
+        event = ActivationLinkReissued(
+            customer_id=doc.id,
+            **addressed(state),
+            activation_token=ctx.seal(ActivationLinkReissued, "activation_token", issued.token),
+            activation_expires_at=issued.stored["expires_at"],
+        )
+        await ctx.stores.accounts.update(doc, state, [ctx.envelope(event, caller)])
+
+    await retrying(attempt)
+
+
+# --- Belgian-style start: customer number, SMS code to the mobile on file, then the details ---------
+
+
+async def request_registration_code(ctx: Identity, caller: Caller, customer_number: str, locale: str) -> None:
+    """Text a code to the mobile on file for this customer number; an unknown number is answered the same."""
+    await ctx.limit(caller, "registration_code", "send", customer_number)
+    async with no_sooner_than(ctx.answer_floor_s):
+        await _text_code(ctx, caller, customer_number, locale)
+
+
+async def _text_code(ctx: Identity, caller: Caller, customer_number: str, locale: str) -> None:
+    async def attempt() -> None:
+        doc = await ctx.stores.customers.get(customer_number)
+        mobile = doc.state.get("mobile_on_file") if doc else None
+        if doc is None or not mobile:
+            await ctx.pad(customer_number)
+            return
+        previous = doc.state.get("registration_code") or {}
+        sends = previous.get("sends", 0) if previous.get("expires_at") and previous["expires_at"] > ctx.now() else 0
+        issued = codes.issue_code(ctx.now(), sends, tokens.REGISTRATION_CODE_TTL)
+        event = RegistrationCodeIssued(
+            customer_number=customer_number,
+            mobile=mobile,
+            locale=locale,
+            code=ctx.seal(RegistrationCodeIssued, "code", issued.code),
+            code_expires_at=issued.stored["expires_at"],
+        )
+        state = doc.state | {"registration_code": issued.stored | {"sends": sends + 1}}
+        await ctx.stores.customers.update(doc, state, [ctx.envelope(event, caller)])
+
+    await retrying(attempt)
+
+
+async def register_with_customer_number(ctx: Identity, caller: Caller, customer_number: str, code: str,
+                                        reg: Registration) -> None:
+    """The code proves the mobile on file: the account is linked and usable at once (002, art. 2.4, 2.6)."""
+    check_password(ctx, reg.password, reg.first_name, reg.last_name, reg.email)
+    await ctx.limit(caller, "registration_code_check", "check", customer_number)
+
+    async def check() -> StoredDocument:
+        doc = await ctx.stores.customers.get(customer_number)
+        stored = doc.state.get("registration_code") if doc else None
+        outcome = codes.check_code(stored, code, ctx.now())
+        if doc is not None and stored is not None:
+            await ctx.stores.customers.update(doc, doc.state | {"registration_code": outcome.stored})
+        if not outcome.ok:
+            assert outcome.refusal is not None
+            raise outcome.refusal
+        assert doc is not None
+        return doc
+
+    customer = await retrying(check)
+    password_hash = await ctx.hasher.hash(reg.password)
+    running = [c["number"] for c in customer.state.get("contracts", []) if c.get("running")]
+    account_id = tokens.new_id("cus")
+    reg = Registration(**{**reg.__dict__, "mobile": reg.mobile or customer.state.get("mobile_on_file")})
+    state = new_account_state(ctx, reg, password_hash) | {
+        "status": rules.ACTIVE,
+        "activated_at": ctx.now(),
+        "email_verified": False,
+        "link": {"status": "verified", "method": "customer_number", "verified_at": ctx.now()},
+        "customer_number": customer_number,
+        "contract_numbers": running,
+    }
+    details = CustomerDetailsChanged(
+        customer_id=account_id, email=reg.email, first_name=reg.first_name, last_name=reg.last_name,
+        locale=reg.locale, mobile=reg.mobile,  # type: ignore[arg-type]
+    )
+    try:
+        await ctx.stores.accounts.create(
+            account_id, state,
+            [ctx.envelope(details, caller), ctx.envelope(CustomerActivated(customer_id=account_id), caller)],
+        )
+    except Exception as error:
+        if not is_duplicate_key(error):
+            raise
+        existing = await ctx.account_by_email(reg.email)
+        if existing is not None:
+            await _tell_owner(ctx, caller, existing)

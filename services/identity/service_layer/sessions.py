@@ -1,0 +1,304 @@
+"""Signing in and out: passwords checked at constant cost, sessions as rotating refresh-token families."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from services.identity.domain import accounts as rules
+from services.identity.domain import tokens
+from services.identity.domain.errors import Refusal
+from services.identity.domain.lockout import LockState, after_failure
+from services.identity.service_layer.context import Caller, Identity, addressed, retrying
+from shared.events import AccountLocked, AccountUnlocked, Envelope
+from shared.storage import StoredDocument
+
+INVALID_CREDENTIALS = "invalid_credentials"
+POLICY_DOC = "password-change"
+
+
+@dataclass(frozen=True)
+class Login:
+    email: str  # normalised
+    password: str
+    device_token: str | None = None
+
+
+def invalid_credentials() -> Refusal:
+    return Refusal(
+        INVALID_CREDENTIALS,
+        "email or password is wrong, or the account is locked after repeated failures (its owner was emailed); "
+        "forgot your password? POST /v1/password-resets",
+        401,
+    )
+
+
+def session_claims(account: StoredDocument, session_id: str, device_id: str | None, amr: list[str]) -> dict[str, Any]:
+    state = account.state
+    claims: dict[str, Any] = {
+        "sub": account.id,
+        "sid": session_id,
+        "kind": state["kind"],
+        "roles": state.get("roles", []),
+        "amr": amr,
+        "linked": state.get("link", {}).get("status") == "verified",
+    }
+    if state.get("organisation_id"):
+        claims["org"] = state["organisation_id"]
+    if state.get("customer_number"):
+        claims["customer_number"] = state["customer_number"]
+    if device_id:
+        claims["dev"] = device_id
+    return claims
+
+
+def token_response(ctx: Identity, account: StoredDocument, session_id: str, refresh_secret: str,
+                   device_id: str | None, amr: list[str]) -> dict[str, Any]:
+    return {
+        "status": "authenticated",
+        "token_type": "Bearer",
+        "access_token": ctx.tokens.issue(session_claims(account, session_id, device_id, amr), ctx.now()),
+        "expires_in": int(ctx.tokens.ttl.total_seconds()),
+        "refresh_token": tokens.compound(session_id, refresh_secret),
+        "session_id": session_id,
+    }
+
+
+async def open_session(ctx: Identity, caller: Caller, account: StoredDocument, *, device_id: str | None,
+                       amr: list[str], events: list[Envelope] | None = None) -> dict[str, Any]:
+    now = ctx.now()
+    session_id = tokens.new_id("ses")
+    secret = tokens.new_secret()
+    await ctx.stores.sessions.create(
+        session_id,
+        {
+            "account_id": account.id,
+            "generation": account.state.get("session_generation", 0),
+            "device_id": device_id,
+            "label": caller.user_agent[:200] or "unknown client",
+            "amr": amr,
+            "created_at": now,
+            "last_used_at": now,
+            "expires_at": now + ctx.refresh_ttl,
+            "refresh_hash": tokens.hash_secret(secret),
+            "spent": [],
+            "revoked_at": None,
+            "revoked_reason": None,
+        },
+        events or [],
+    )
+    return token_response(ctx, account, session_id, secret, device_id, amr)
+
+
+def session_is_live(session: dict[str, Any], account: dict[str, Any], now: datetime) -> bool:
+    return (
+        session["revoked_at"] is None
+        and now < session["expires_at"]
+        and session.get("generation", 0) == account.get("session_generation", 0)
+        and account["status"] == rules.ACTIVE
+    )
+
+
+def next_generation(account: dict[str, Any]) -> dict[str, Any]:
+    """Ending every session is one write: sessions of an older generation no longer count."""
+    return {"session_generation": account.get("session_generation", 0) + 1}
+
+
+async def change_required_before(ctx: Identity) -> datetime | None:
+    policy = await ctx.stores.policies.get(POLICY_DOC)
+    return policy.state.get("change_required_before") if policy else None
+
+
+async def login(ctx: Identity, caller: Caller, cmd: Login) -> dict[str, Any]:
+    """Check the password (at the same cost for unknown emails), then say what comes next.
+
+    Account status (not activated, locked, disabled) is told only to whoever proved the password:
+    a wrong password always reads ``invalid_credentials``, whatever the account's state.
+    """
+    _, found = await asyncio.gather(ctx.limit(caller, "login", "check", cmd.email), ctx.account_by_email(cmd.email))
+    account: StoredDocument | None = found
+    stored_hash = account.state.get("password_hash") if account else None
+    proven = await ctx.hasher.verify(stored_hash, cmd.password)
+    # While a lock holds, even the right password is refused like a wrong one: answering
+    # "locked" would confirm a guess to whoever is guessing. The owner learns of the lock by
+    # email (customer.account_locked), and the lock is told after it expires to nobody.
+    if not proven or LockState.from_state(account.state).holds(ctx.now()):  # type: ignore[union-attr]
+        if account is None:
+            await ctx.pad(cmd.email)
+        else:
+            await record_failure(ctx, caller, account.id)
+        raise invalid_credentials()
+    assert account is not None
+    return await after_password(ctx, caller, account, cmd.password, cmd.device_token)
+
+
+async def record_failure(ctx: Identity, caller: Caller, account_id: str) -> None:
+    async def attempt() -> None:
+        doc = await ctx.stores.accounts.get(account_id)
+        if doc is None:
+            return
+        now = ctx.now()
+        outcome = after_failure(LockState.from_state(doc.state), now, ctx.lockout)
+        events = []
+        if outcome.unlocked_by_expiry:
+            events.append(ctx.envelope(AccountUnlocked(customer_id=doc.id, unlocked_by="lock-expiry", **addressed(doc.state)), caller))
+        if outcome.newly_locked:
+            events.append(ctx.envelope(AccountLocked(
+                customer_id=doc.id, locked_until=outcome.state.until, failed_attempts=ctx.lockout.threshold,
+                **addressed(doc.state)), caller))
+        await ctx.stores.accounts.update(
+            doc, doc.state | outcome.state.to_state() | {"last_failed_login_at": now}, events
+        )
+
+    await retrying(attempt)
+
+
+async def after_password(ctx: Identity, caller: Caller, account: StoredDocument, password: str,
+                         device_token: str | None) -> dict[str, Any]:
+    lock = LockState.from_state(account.state)
+    refusal = rules.refusal_for_status(account.state)
+    if refusal is not None:
+        raise refusal
+    if rules.must_change_password(account.state, await change_required_before(ctx)):
+        ticket = await issue_change_ticket(ctx, caller, account.id, lock)
+        raise Refusal(
+            "password_change_required",
+            "you must choose a new password before signing in (POST /v1/password-changes/forced with this ticket)",
+            403,
+            details={"change_ticket": ticket},
+        )
+    account = await settle_after_success(ctx, caller, account, lock, password)
+    if rules.needs_device_authorisation(account.state):
+        from services.identity.service_layer import devices
+
+        device_id = await devices.recognise(ctx, account.id, device_token)
+        if device_id is None:
+            return await devices.start_challenge(ctx, caller, account, purpose="login")
+        return await open_session(ctx, caller, account, device_id=device_id, amr=["pwd", "device"])
+    return await open_session(ctx, caller, account, device_id=None, amr=["pwd"])
+
+
+async def settle_after_success(ctx: Identity, caller: Caller, account: StoredDocument, lock: LockState,
+                               password: str) -> StoredDocument:
+    """Forget past failures (and an expired lock), upgrade an outdated hash; no write when nothing changed."""
+    changes: dict[str, Any] = {}
+    events = []
+    if lock.locked:
+        events.append(ctx.envelope(AccountUnlocked(customer_id=account.id, unlocked_by="lock-expiry", **addressed(account.state)), caller))
+    if lock != LockState():
+        changes |= LockState().to_state()
+    if ctx.hasher.needs_rehash(account.state["password_hash"]):
+        changes["password_hash"] = await ctx.hasher.hash(password)
+    if not changes:
+        return account
+    try:
+        return await ctx.stores.accounts.update(account, account.state | changes, events)
+    except Exception:
+        return account  # a concurrent write: the bookkeeping can wait for the next sign-in
+
+
+async def issue_change_ticket(ctx: Identity, caller: Caller, account_id: str, lock: LockState) -> str:
+    async def attempt() -> str:
+        doc = await ctx.stores.accounts.get(account_id)
+        assert doc is not None
+        issued = tokens.issue_token(doc.id, ctx.now(), tokens.CHANGE_TICKET_TTL)
+        await ctx.stores.accounts.update(doc, doc.state | LockState().to_state() | {"change_ticket": issued.stored})
+        return issued.token
+
+    return await retrying(attempt)
+
+
+async def refresh(ctx: Identity, caller: Caller, refresh_token: str) -> dict[str, Any]:
+    """Rotate: the presented token is spent and a new one issued. A spent token presented again means
+    it was copied: the whole family (session) is revoked, for the thief and the owner alike."""
+    parts = tokens.split_compound(refresh_token)
+    if parts is None:
+        raise Refusal("refresh_token_invalid", "this refresh token is not valid: sign in again", 401)
+    session_id, secret = parts
+    await ctx.limit(caller, "refresh", "check", session_id)
+    now = ctx.now()
+    session = await ctx.stores.sessions.get(session_id)
+    if session is None:
+        raise Refusal("refresh_token_invalid", "this refresh token is not valid: sign in again", 401)
+    digest = tokens.hash_secret(secret)
+    state = session.state
+    if any(tokens.same(digest, spent) for spent in state.get("spent", [])):
+        if state["revoked_at"] is None:
+            await ctx.stores.sessions.update(session, state | {"revoked_at": now, "revoked_reason": "refresh_token_reused"})
+        raise Refusal("refresh_token_reused", "this refresh token was already used: the session is closed, sign in again", 401)
+    if not tokens.same(digest, state["refresh_hash"]):
+        raise Refusal("refresh_token_invalid", "this refresh token is not valid: sign in again", 401)
+    account = await ctx.stores.accounts.get(state["account_id"])
+    if account is None or not session_is_live(state, account.state, now):
+        raise Refusal("session_ended", "this session has ended: sign in again", 401)
+    new_secret = tokens.new_secret()
+    try:
+        await ctx.stores.sessions.update(
+            session,
+            state | {"refresh_hash": tokens.hash_secret(new_secret), "spent": [*state.get("spent", []), digest][-100:],
+                     "last_used_at": now},
+        )
+    except Exception:
+        raise Refusal("refresh_token_invalid", "this refresh token was used at the same moment elsewhere", 401) from None
+    return token_response(ctx, account, session_id, new_secret, state.get("device_id"), state.get("amr", ["pwd"]))
+
+
+async def revoke_session(ctx: Identity, session_id: str, reason: str, *, owner: str) -> bool:
+    """Close one session of ``owner``; False when it is not theirs (or does not exist)."""
+
+    async def attempt() -> bool:
+        session = await ctx.stores.sessions.get(session_id)
+        if session is None or session.state["account_id"] != owner:
+            return False
+        if session.state["revoked_at"] is None:
+            await ctx.stores.sessions.update(session, session.state | {"revoked_at": ctx.now(), "revoked_reason": reason})
+        return True
+
+    return await retrying(attempt)
+
+
+async def end_all_sessions(ctx: Identity, account_id: str, reason: str, extra: dict[str, Any] | None = None,
+                           events: list[Envelope] | None = None) -> StoredDocument:
+    """One atomic write on the account makes every session opened before now unusable; the session
+    documents are then marked one by one (for the list the customer sees)."""
+
+    async def attempt() -> StoredDocument:
+        doc = await ctx.stores.accounts.get(account_id)
+        if doc is None:
+            raise Refusal("not_found", "no such account", 404)
+        return await ctx.stores.accounts.update(
+            doc, doc.state | (extra or {}) | next_generation(doc.state), events or []
+        )
+
+    updated = await retrying(attempt)
+    await mark_sessions_revoked(ctx, account_id, reason)
+    return updated
+
+
+async def mark_sessions_revoked(ctx: Identity, account_id: str, reason: str) -> None:
+    cursor = ctx.stores.sessions.collection.find({"account_id": account_id, "revoked_at": None}, {"_id": 1})
+    for raw in await cursor.to_list():
+        await revoke_session(ctx, raw["_id"], reason, owner=account_id)
+
+
+async def list_sessions(ctx: Identity, account_id: str, current_session: str) -> list[dict[str, Any]]:
+    account = await ctx.stores.accounts.get(account_id)
+    assert account is not None
+    now = ctx.now()
+    raws = await ctx.stores.sessions.collection.find({"account_id": account_id}).to_list()
+    live = [r for r in raws if session_is_live(r, account.state, now)]
+    return [
+        {
+            "session_id": r["_id"],
+            "label": r["label"],
+            "device_id": r.get("device_id"),
+            "created_at": r["created_at"],
+            "last_used_at": r["last_used_at"],
+            "expires_at": r["expires_at"],
+            "current": r["_id"] == current_session,
+        }
+        for r in sorted(live, key=lambda r: r["created_at"])
+    ]
+

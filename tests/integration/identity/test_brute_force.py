@@ -1,0 +1,123 @@
+"""Brute force is on by default: locks that double, a permanent lock only staff lift, rate limits."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from services.identity.service_layer.administration import Person, create_staff_account
+from shared.events import AccountLocked, AccountUnlocked
+from tests.integration.identity.conftest import (
+    STRONG,
+    Harness,
+    bearer,
+    login,
+    register_and_activate,
+    start_harness,
+    stop_harness,
+)
+from tests.conftest import Infrastructure
+
+pytestmark = pytest.mark.integration
+
+WRONG = "Wrong-Guess-Number-1"
+
+
+async def fail(identity: Harness, who: dict, times: int) -> None:
+    for _ in range(times):
+        answer = await login(identity, who | {"password": WRONG})
+        assert answer.status_code == 401 and answer.json()["error"]["code"] == "invalid_credentials"
+
+
+async def test_five_failures_lock_for_15_minutes_then_30_and_a_lock_never_confirms_a_guess(identity: Harness) -> None:
+    who = await register_and_activate(identity, "Paul Girard")
+    await fail(identity, who, 5)
+
+    (locked,) = await identity.events(AccountLocked, customer_id=who["customer_id"])
+    assert timedelta(minutes=14) < locked.locked_until - identity.clock.now() <= timedelta(minutes=15)
+    assert locked.failed_attempts == 5
+    right_during_lock = await login(identity, who)
+    assert right_during_lock.status_code == 401, "the right password during a lock reads like a wrong one"
+    assert right_during_lock.json()["error"]["code"] == "invalid_credentials"
+
+    identity.clock.advance(timedelta(minutes=15))
+    await fail(identity, who, 5)
+    locks = await identity.events(AccountLocked, expected=2, customer_id=who["customer_id"])
+    second = max(locks, key=lambda e: e.locked_until)
+    assert timedelta(minutes=29) < second.locked_until - identity.clock.now() <= timedelta(minutes=30)
+    (unlocked,) = await identity.events(AccountUnlocked, customer_id=who["customer_id"])
+    assert unlocked.unlocked_by == "lock-expiry"
+
+    identity.clock.advance(timedelta(minutes=30))
+    assert (await login(identity, who)).status_code == 200, "after the lock the right password works again"
+
+
+async def test_repeated_locks_become_permanent_and_only_the_service_desk_lifts_them(identity: Harness) -> None:
+    who = await register_and_activate(identity, "Quentin Faure")
+    for minutes in (15, 30, 60, 120):
+        await fail(identity, who, 5)
+        identity.clock.advance(timedelta(minutes=minutes))
+    await fail(identity, who, 5)
+    locks = await identity.events(AccountLocked, expected=5, customer_id=who["customer_id"])
+    assert sum(1 for e in locks if e.locked_until is None) == 1, "the fifth lock is permanent"
+
+    identity.clock.advance(timedelta(days=30))
+    assert (await login(identity, who)).status_code == 401, "a month later it still holds"
+
+    desk_id = await create_staff_account(
+        identity.runtime.identity, Person("Sam", "Desk", "sam.desk.bf@leaseline.example", "en"), ["service_desk"], STRONG
+    )
+    desk = (await login(identity, {"email": "sam.desk.bf@leaseline.example", "password": STRONG})).json()
+    assert (await identity.http().post(f"/v1/staff/accounts/{who['customer_id']}/unblock", headers=bearer(desk))).status_code == 200
+    (lifted,) = await identity.events(AccountUnlocked, customer_id=who["customer_id"], unlocked_by=desk_id)
+    assert lifted.email == who["email"]
+    assert (await login(identity, who)).status_code == 200
+    audit = (await identity.http().get("/v1/staff/audit", params={"target_id": who["customer_id"]},
+                                       headers=bearer(desk))).json()
+    assert [(a["actor_id"], a["action"]) for a in audit] == [(desk_id, "account.unblock")]
+
+
+async def test_unknown_emails_are_never_locked_but_are_rate_limited_like_known_ones(infra: Infrastructure) -> None:
+    harness = await start_harness(infra, rate_account_checks_per_15min=8, rate_address_checks_per_5min=1000)
+    try:
+        known = await register_and_activate(harness, "Rose Lambert")
+        unknown = {"email": "rose.nobody@example.fr", "password": STRONG}
+        for who in (known, unknown):
+            codes = [(await login(harness, who | {"password": WRONG})).status_code for _ in range(9)]
+            assert codes == [401] * 8 + [429], codes
+        limited = await login(harness, unknown)
+        assert limited.json()["error"]["code"] == "rate_limited" and int(limited.headers["Retry-After"]) > 0
+        harness.clock.advance(timedelta(minutes=16))
+        assert (await login(harness, unknown)).status_code == 401, "the window passed"
+    finally:
+        await stop_harness(harness)
+
+
+async def test_one_address_is_limited_across_accounts_on_every_endpoint_that_sends_or_checks(
+    infra: Infrastructure,
+) -> None:
+    harness = await start_harness(infra, rate_address_checks_per_5min=3, rate_address_sends_per_hour=2)
+    try:
+        attacker, neighbour = harness.http("203.0.113.66"), harness.http("203.0.113.99")
+        calls = {
+            "/v1/sessions": lambda i: {"email": f"target{i}@example.fr", "password": WRONG},
+            "/v1/activations": lambda i: {"token": f"cus_x{i}." + "A" * 43},
+            "/v1/password-resets/confirm": lambda i: {"token": f"cus_x{i}." + "A" * 43, "new_password": STRONG},
+            "/v1/sessions/refresh": lambda i: {"refresh_token": f"ses_x{i}." + "A" * 43},
+            "/v1/device-challenges/verify": lambda i: {"challenge": f"chl_x{i}." + "A" * 43, "code": "123456"},
+            "/v1/password-changes/forced": lambda i: {"change_ticket": f"cus_x{i}." + "A" * 43, "new_password": STRONG},
+        }
+        sends = {
+            "/v1/password-resets": lambda i: {"email": f"target{i}@example.fr"},
+            "/v1/activations/resend": lambda i: {"email": f"target{i}@example.fr"},
+            "/v1/registrations/customer-number-codes": lambda i: {"customer_number": f"BE-{i}000", "locale": "nl-BE"},
+            "/v1/device-challenges/code": lambda i: {"challenge": f"chl_x{i}." + "A" * 43, "channel": "sms"},
+        }
+        for path, body in [*calls.items(), *sends.items()]:
+            allowed = 3 if path in calls else 2
+            statuses = [(await attacker.post(path, json=body(i))).status_code for i in range(allowed + 1)]
+            assert 429 not in statuses[:allowed] and statuses[-1] == 429, (path, statuses)
+            assert (await neighbour.post(path, json=body(99))).status_code != 429, path
+    finally:
+        await stop_harness(harness)

@@ -1,0 +1,238 @@
+"""Linking a contract, authorising devices, Belgian-style registration, and access ending after contracts."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import date, timedelta
+from decimal import Decimal
+
+import pytest
+
+from services.identity.service_layer.contracts import end_expired_access
+from shared.events import (
+    ContractClosed,
+    ContractLinkRejected,
+    ContractLinkRequested,
+    ContractLinkVerified,
+    ContractOpened,
+    CustomerAccessEnded,
+    DeviceAuthorised,
+    DeviceCodeIssued,
+    RegistrationCodeIssued,
+)
+from tests.integration.helpers import eventually
+from tests.integration.identity.conftest import STRONG, Harness, bearer, login, register_and_activate, unseal
+
+pytestmark = pytest.mark.integration
+
+
+def contract_opened(customer_number: str, contract_number: str, **extra: object) -> ContractOpened:
+    return ContractOpened(
+        contract_number=contract_number, customer_number=customer_number, holder_first_name="Jeanne",
+        holder_last_name="Martin", product="lease", market="BE", currency="EUR", start_date=date(2024, 1, 15),
+        end_date=date(2028, 1, 14), vin="WBA8E9G50GNT12345", vehicle_model="BMW 320d", **extra,
+    )
+
+
+async def linked(identity: Harness, name: str, **extra: object) -> tuple[dict, str]:
+    """A customer whose vehicle details contracts verified; returns them and their customer number."""
+    who = await register_and_activate(identity, name, **extra)
+    http = identity.http()
+    tokens = (await login(identity, who)).json()
+    asked = await http.post("/v1/me/contract-links", headers=bearer(tokens), json={
+        "method": "vehicle", "first_name": who["first_name"], "last_name": who["last_name"],
+        "vin": "wba8e9g50gnt12345", "last_payment_amount": "389.90",
+    })
+    assert asked.status_code == 202, asked.text
+    (request,) = await identity.events(ContractLinkRequested, customer_id=who["customer_id"])
+    assert request.vin == "WBA8E9G50GNT12345" and request.last_payment_amount == Decimal("389.90")
+    customer_number = f"BE-{uuid.uuid4().hex[:6]}"
+    await identity.publish(ContractLinkVerified(customer_id=who["customer_id"], customer_number=customer_number,
+                                                contract_numbers=[f"{customer_number}-L1"]))
+
+    async def is_linked() -> bool:
+        me = (await http.get("/v1/me", headers=bearer(tokens))).json()
+        return me["link"]["status"] == "verified"
+
+    await eventually(is_linked, 20, "the link verified")
+    return who, customer_number
+
+
+async def test_a_vin_with_i_o_or_q_is_refused_with_a_hint(identity: Harness) -> None:
+    who = await register_and_activate(identity, "Xavier Morel")
+    tokens = (await login(identity, who)).json()
+    answer = await identity.http().post("/v1/me/contract-links", headers=bearer(tokens), json={
+        "method": "vehicle", "first_name": "Xavier", "last_name": "Morel", "vin": "WBA8E9G50GNTI2345",
+        "last_payment_amount": "389.90",
+    })
+    assert answer.status_code == 422
+    (field,) = answer.json()["error"]["fields"]
+    assert field["loc"] == ["body", "vehicle", "vin"] and "I, O or Q" in field["msg"]
+
+
+async def test_a_rejected_link_is_shown_with_its_reason(identity: Harness) -> None:
+    who = await register_and_activate(identity, "Yasmine Roche")
+    http = identity.http()
+    tokens = (await login(identity, who)).json()
+    await http.post("/v1/me/contract-links", headers=bearer(tokens), json={"method": "customer_number",
+                                                                           "customer_number": "BE-999999"})
+    await identity.publish(ContractLinkRejected(customer_id=who["customer_id"], reason="no_match"))
+
+    async def rejected() -> dict | None:
+        link = (await http.get("/v1/me", headers=bearer(tokens))).json()["link"]
+        return link if link["status"] == "rejected" else None
+
+    assert (await eventually(rejected, 20, "the rejection"))["reason"] == "no_match"
+
+
+async def test_after_linking_a_new_device_is_authorised_by_code_and_remembered(identity: Harness) -> None:
+    who, _ = await linked(identity, "Zoe Mercier", mobile="+33612345678")
+    http = identity.http()
+
+    challenge = (await login(identity, who)).json()
+    assert challenge["status"] == "device_authorisation_required" and "access_token" not in challenge
+    assert challenge["channels"] == ["email", "sms"]
+    sent = await http.post("/v1/device-challenges/code", json={"challenge": challenge["challenge"], "channel": "sms"})
+    assert sent.status_code == 202, sent.text
+    (issued,) = await identity.events(DeviceCodeIssued, customer_id=who["customer_id"])
+    assert issued.channel == "sms" and issued.mobile == "+33612345678"
+    code = unseal(identity, issued, "code")
+    assert len(code) == 6 and code.isdigit()
+
+    wrong = "000000" if code != "000000" else "111111"
+    miss = await http.post("/v1/device-challenges/verify", json={"challenge": challenge["challenge"], "code": wrong})
+    assert miss.json()["error"] == miss.json()["error"] | {"code": "code_wrong", "details": {"tries_left": 4}}
+    done = await http.post("/v1/device-challenges/verify", json={
+        "challenge": challenge["challenge"], "code": code, "remember": True, "device_label": "Zoe's laptop"})
+    assert done.status_code == 200, done.text
+    tokens = done.json()
+    assert tokens["device_token"]
+    (authorised,) = await identity.events(DeviceAuthorised, customer_id=who["customer_id"])
+    assert authorised.remembered and authorised.device_label == "Zoe's laptop"
+    replay = await http.post("/v1/device-challenges/verify", json={"challenge": challenge["challenge"], "code": code})
+    assert replay.json()["error"]["code"] == "challenge_closed"
+
+    again = (await login(identity, who, device_token=tokens["device_token"])).json()
+    assert again["status"] == "authenticated", "a remembered device goes straight in"
+    identity.clock.advance(timedelta(days=179))
+    assert (await login(identity, who, device_token=tokens["device_token"])).json()["status"] == "authenticated"
+    identity.clock.advance(timedelta(days=181))
+    stale = (await login(identity, who, device_token=tokens["device_token"])).json()
+    assert stale["status"] == "device_authorisation_required", "180 days without use: authorise again"
+    identity.clock.advance(-timedelta(days=360))
+
+    devices = (await http.get("/v1/me/devices", headers=bearer(again))).json()
+    assert [d["label"] for d in devices] == ["Zoe's laptop"]
+    forgot = await http.delete(f"/v1/me/devices/{devices[0]['device_id']}", headers=bearer(again))
+    assert forgot.status_code == 204
+    assert (await login(identity, who, device_token=tokens["device_token"])).json()["status"] != "authenticated"
+
+
+async def test_five_wrong_codes_kill_the_code_and_sending_is_limited(identity: Harness) -> None:
+    who, _ = await linked(identity, "Adele Perrin")
+    http = identity.http()
+    challenge = (await login(identity, who)).json()["challenge"]
+    assert (await http.post("/v1/device-challenges/code", json={"challenge": challenge, "channel": "sms"})).json()[
+        "error"]["code"] == "channel_unavailable", "no mobile on file"
+    await http.post("/v1/device-challenges/code", json={"challenge": challenge, "channel": "email"})
+    (issued,) = await identity.events(DeviceCodeIssued, customer_id=who["customer_id"])
+    code = unseal(identity, issued, "code")
+    wrong = f"{(int(code) + 1) % 10**6:06d}"
+    codes = [
+        (await http.post("/v1/device-challenges/verify", json={"challenge": challenge, "code": wrong})).json()["error"]["code"]
+        for _ in range(5)
+    ]
+    assert codes == ["code_wrong"] * 4 + ["code_dead"]
+    late = await http.post("/v1/device-challenges/verify", json={"challenge": challenge, "code": code})
+    assert late.json()["error"]["code"] == "challenge_closed", "the right code no longer helps"
+
+    fresh = (await login(identity, who)).json()["challenge"]
+    for _ in range(3):
+        assert (await http.post("/v1/device-challenges/code", json={"challenge": fresh, "channel": "email"})).status_code == 202
+    fourth = await http.post("/v1/device-challenges/code", json={"challenge": fresh, "channel": "email"})
+    assert fourth.status_code == 429 and fourth.json()["error"]["code"] == "too_many_codes"
+
+
+async def test_a_device_code_expires_after_ten_minutes(identity: Harness) -> None:
+    who, _ = await linked(identity, "Benoit Carre")
+    http = identity.http()
+    challenge = (await login(identity, who)).json()["challenge"]
+    await http.post("/v1/device-challenges/code", json={"challenge": challenge, "channel": "email"})
+    (issued,) = await identity.events(DeviceCodeIssued, customer_id=who["customer_id"])
+    identity.clock.advance(timedelta(minutes=10))
+    try:
+        late = await http.post("/v1/device-challenges/verify",
+                               json={"challenge": challenge, "code": unseal(identity, issued, "code")})
+    finally:
+        identity.clock.advance(-timedelta(minutes=10))
+    assert late.json()["error"]["code"] == "code_expired"
+
+
+async def test_access_ends_18_months_after_the_last_running_contract_ended(identity: Harness) -> None:
+    who, customer_number = await linked(identity, "Camille Renaud")
+    first, second = f"{customer_number}-L1", f"{customer_number}-L2"
+    for number in (first, second):
+        await identity.publish(contract_opened(customer_number, number))
+    await identity.publish(ContractClosed(contract_number=first, customer_number=customer_number,
+                                          closed_on=date(2026, 1, 31), reason="ended", customer_has_running_contract=True))
+    last_end = identity.clock.now().date()
+    closing = await identity.publish(ContractClosed(contract_number=second, customer_number=customer_number,
+                                                    closed_on=last_end, reason="ended",
+                                                    customer_has_running_contract=False))
+    await identity.publish(ContractClosed(contract_number=second, customer_number=customer_number, closed_on=last_end,
+                                          reason="ended", customer_has_running_contract=False))  # a re-send
+
+    async def recorded() -> dict | None:
+        doc = await identity.runtime.db["customer_numbers"].find_one({"_id": customer_number})
+        return doc if doc and doc.get("access_ends_at") and closing.id in doc["_applied"] else None
+
+    customer = await eventually(recorded, 20, "the closing recorded")
+    ends = customer["access_ends_at"].date()
+    assert (ends.year * 12 + ends.month) - (last_end.year * 12 + last_end.month) == 18
+
+    ctx = identity.runtime.identity
+    identity.clock.advance(timedelta(days=540))  # a little under 18 months
+    try:
+        assert await end_expired_access(ctx) == 0 or (await identity.account(who["email"]))["status"] == "active"
+        identity.clock.advance(timedelta(days=10))
+        assert await end_expired_access(ctx) == 1
+        assert await end_expired_access(ctx) == 0, "a second sweep changes nothing"
+    finally:
+        identity.clock.advance(-timedelta(days=550))
+    (ended,) = await identity.events(CustomerAccessEnded, customer_id=who["customer_id"])
+    assert ended.reason == "no_running_contract"
+    refused = await login(identity, who)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "access_ended"
+
+
+async def test_belgian_registration_starts_from_the_customer_number_and_a_texted_code(identity: Harness) -> None:
+    customer_number = f"BE-{uuid.uuid4().hex[:6]}"
+    await identity.publish(contract_opened(customer_number, f"{customer_number}-L1", mobile_on_file="+32470123456"))
+    http = identity.http()
+
+    await eventually(lambda: identity.runtime.db["customer_numbers"].find_one({"_id": customer_number}), 20,
+                     "contract.opened consumed")
+    asked = await http.post("/v1/registrations/customer-number-codes",
+                            json={"customer_number": customer_number, "locale": "nl-BE"})
+    (issued,) = await identity.events(RegistrationCodeIssued, customer_number=customer_number)
+    unknown = await http.post("/v1/registrations/customer-number-codes",
+                              json={"customer_number": "BE-000000", "locale": "nl-BE"})
+    assert unknown.status_code == asked.status_code == 202 and unknown.json() == asked.json()
+    assert issued.mobile == "+32470123456" and issued.locale == "nl-BE"
+    pieter = {"first_name": "Pieter", "last_name": "Janssens", "email": f"pieter.{customer_number.lower()}@example.be",
+              "password": STRONG, "locale": "nl-BE", "terms_version": "BE-2026-01", "terms_accepted": True,
+              "customer_number": customer_number}
+    wrong = await http.post("/v1/registrations/by-customer-number", json=pieter | {"code": "000000"})
+    if unseal(identity, issued, "code") != "000000":
+        assert wrong.json()["error"]["code"] in ("code_wrong", "code_dead"), wrong.text
+
+    latest = max(await identity.events(RegistrationCodeIssued, customer_number=customer_number),
+                 key=lambda e: e.code_expires_at)
+    done = await http.post("/v1/registrations/by-customer-number", json=pieter | {"code": unseal(identity, latest, "code")})
+    assert done.status_code == 201, done.text
+    signed_in = (await login(identity, pieter)).json()
+    assert signed_in["status"] == "device_authorisation_required", "linked at once, so the device is authorised next"
+    account = await identity.account(pieter["email"])
+    assert account["customer_number"] == customer_number and account["mobile"] == "+32470123456"
+    assert json.dumps(account, default=str).count(unseal(identity, latest, "code")) == 0

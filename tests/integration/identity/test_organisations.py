@@ -1,0 +1,147 @@
+"""Organisations: user administrators manage their colleagues, the service desk manages administrators."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from services.identity.service_layer.administration import Person, create_staff_account
+from shared.events import OrganisationUserInvited, PasswordChanged
+from tests.integration.identity.conftest import OTHER_STRONG, STRONG, Harness, bearer, login, register_and_activate, unseal
+
+pytestmark = pytest.mark.integration
+
+
+async def staff(identity: Harness, role: str) -> tuple[str, dict]:
+    email = f"{role}.{uuid.uuid4().hex[:6]}@leaseline.example"
+    staff_id = await create_staff_account(identity.runtime.identity, Person("Sam", "Staff", email, "en"), [role], STRONG)
+    return staff_id, (await login(identity, {"email": email, "password": STRONG})).json()
+
+
+async def accept_invitation(identity: Harness, email: str) -> dict:
+    (invited,) = await identity.events(OrganisationUserInvited, email=email)
+    token = unseal(identity, invited, "activation_token")
+    without = await identity.http().post("/v1/activations", json={"token": token})
+    assert without.status_code == 422, "an invited user chooses a password when activating"
+    done = await identity.http().post("/v1/activations", json={"token": token, "password": STRONG})
+    assert done.status_code == 200, done.text
+    return {"email": email, "password": STRONG, "user_id": invited.user_id}
+
+
+def colleague(first: str, role: str) -> dict:
+    return {"first_name": first, "last_name": "Visser", "email": f"{first.lower()}.{uuid.uuid4().hex[:6]}@garage.nl",
+            "locale": "nl-NL", "mobile": "+31612345678", "role": role}
+
+
+async def test_an_organisation_administrator_creates_disables_and_unblocks_colleagues(identity: Harness) -> None:
+    desk_id, desk = await staff(identity, "service_desk")
+    http = identity.http()
+    admin_email = f"anna.{uuid.uuid4().hex[:6]}@garage.nl"
+    created = await http.post("/v1/organisations", headers=bearer(desk), json={
+        "name": "Garage West", "kind": "garage",
+        "administrator": {"first_name": "Anna", "last_name": "Bakker", "email": admin_email, "locale": "nl-NL"},
+    })
+    assert created.status_code == 201, created.text
+    org = created.json()["organisation_id"]
+    admin = await accept_invitation(identity, admin_email)
+    admin_login = (await login(identity, admin)).json()
+    assert admin_login["status"] == "device_authorisation_required", "organisation users authorise devices"
+    from services.identity.service_layer.sessions import open_session
+    from services.identity.service_layer.context import Caller
+
+    ctx = identity.runtime.identity
+    admin_tokens = await open_session(ctx, Caller("t"), await ctx.stores.accounts.get(admin["user_id"]), device_id=None,
+                                      amr=["pwd", "otp"])  # the device flow itself is proven elsewhere
+
+    invited = await http.post(f"/v1/organisations/{org}/users", headers=bearer(admin_tokens), json=colleague("Bram", "adviser"))
+    assert invited.status_code == 201, invited.text
+    bram_id = invited.json()["user_id"]
+    duplicate = await http.post(f"/v1/organisations/{org}/users", headers=bearer(admin_tokens),
+                                json=colleague("Bram", "adviser") | {"email": admin_email})
+    assert duplicate.status_code == 409 and duplicate.json()["error"]["code"] == "email_taken"
+    users = (await http.get(f"/v1/organisations/{org}/users", headers=bearer(admin_tokens))).json()
+    assert sorted(u["role"] for u in users) == ["administrator", "adviser"]
+
+    assert (await http.post(f"/v1/organisations/{org}/users/{bram_id}/disable", headers=bearer(admin_tokens))).status_code == 200
+    assert (await http.post(f"/v1/organisations/{org}/users/{bram_id}/enable", headers=bearer(admin_tokens))).status_code == 200
+    assert (await http.post(f"/v1/organisations/{org}/users/{bram_id}/unblock", headers=bearer(admin_tokens))).status_code == 200
+    self_unblock = await http.post(f"/v1/organisations/{org}/users/{admin['user_id']}/unblock", headers=bearer(admin_tokens))
+    assert self_unblock.status_code == 403 and self_unblock.json()["error"]["code"] == "service_desk_only"
+    by_desk = await http.post(f"/v1/organisations/{org}/users/{admin['user_id']}/unblock", headers=bearer(desk))
+    assert by_desk.status_code == 200
+
+    trail = (await http.get(f"/v1/organisations/{org}/audit", headers=bearer(admin_tokens))).json()
+    assert [(a["actor_id"], a["action"]) for a in trail] == [
+        (desk_id, "organisation.create"), (desk_id, "user.create"),
+        (admin["user_id"], "user.create"),
+        (admin["user_id"], "user.create"),  # the refused duplicate: recorded before it was tried
+        (admin["user_id"], "user.disable"), (admin["user_id"], "user.enable"),
+        (admin["user_id"], "account.unblock"), (desk_id, "account.unblock"),
+    ]
+
+
+async def test_nobody_reaches_into_another_organisation_or_acts_above_their_role(identity: Harness) -> None:
+    _, desk = await staff(identity, "service_desk")
+    http = identity.http()
+    orgs = []
+    for name in ("Garage Noord", "Garage Zuid"):
+        email = f"admin.{uuid.uuid4().hex[:6]}@garage.nl"
+        created = (await http.post("/v1/organisations", headers=bearer(desk), json={
+            "name": name, "kind": "garage",
+            "administrator": {"first_name": "Admin", "last_name": "Beheer", "email": email, "locale": "nl-NL"}})).json()
+        admin = await accept_invitation(identity, email)
+        from services.identity.service_layer.context import Caller
+        from services.identity.service_layer.sessions import open_session
+
+        ctx = identity.runtime.identity
+        tokens = await open_session(ctx, Caller("t"), await ctx.stores.accounts.get(admin["user_id"]), device_id=None,
+                                    amr=["pwd", "otp"])
+        orgs.append((created["organisation_id"], admin, tokens))
+    (north, north_admin, north_tokens), (south, south_admin, _) = orgs
+
+    for method, path in [
+        ("GET", f"/v1/organisations/{south}/users"),
+        ("POST", f"/v1/organisations/{south}/users/{south_admin['user_id']}/disable"),
+        ("POST", f"/v1/organisations/{south}/users/{south_admin['user_id']}/unblock"),
+        ("GET", f"/v1/organisations/{south}/audit"),
+        ("POST", f"/v1/organisations/{north}/users/{south_admin['user_id']}/disable"),
+    ]:
+        answer = await http.request(method, path, headers=bearer(north_tokens))
+        assert answer.status_code == 404, (path, answer.text)
+    invite = await http.post(f"/v1/organisations/{south}/users", headers=bearer(north_tokens), json=colleague("Eva", "garage"))
+    assert invite.status_code == 404
+    customer = await register_and_activate(identity, "Carla Customer")
+    customer_tokens = (await login(identity, customer)).json()
+    for path in (f"/v1/organisations/{north}/users", "/v1/staff/audit"):
+        assert (await http.get(path, headers=bearer(customer_tokens))).status_code in (403, 404)
+    assert (await http.post(f"/v1/staff/accounts/{customer['customer_id']}/unblock",
+                            headers=bearer(north_tokens))).status_code == 403
+    assert (await http.post("/v1/organisations", headers=bearer(north_tokens), json={
+        "name": "Rogue", "kind": "garage",
+        "administrator": {"first_name": "R", "last_name": "R", "email": "r@r.example", "locale": "en"}})).status_code == 403
+    assert (await http.post("/v1/staff/password-change-requirements", headers=bearer(desk),
+                            json={"everyone": True})).status_code == 403, "the service desk is not a security admin"
+
+
+async def test_a_security_administrator_requires_everyone_to_change_password_at_next_sign_in(identity: Harness) -> None:
+    _, security = await staff(identity, "security_administrator")
+    who = await register_and_activate(identity, "Denise Petit")
+    http = identity.http()
+    assert (await login(identity, who)).status_code == 200
+
+    required = await http.post("/v1/staff/password-change-requirements", headers=bearer(security), json={"everyone": True})
+    assert required.status_code == 200 and required.json()["accounts"] >= 2
+
+    refused = await login(identity, who)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "password_change_required"
+    ticket = refused.json()["error"]["details"]["change_ticket"]
+    same = await http.post("/v1/password-changes/forced", json={"change_ticket": ticket, "new_password": STRONG})
+    assert same.json()["error"]["code"] == "password_unchanged"
+    changed = await http.post("/v1/password-changes/forced", json={"change_ticket": ticket, "new_password": OTHER_STRONG})
+    assert changed.status_code == 200, changed.text
+    assert (await login(identity, who | {"password": OTHER_STRONG})).status_code == 200
+    (event,) = await identity.events(PasswordChanged, customer_id=who["customer_id"], reason="forced_change")
+    assert event.email == who["email"]
+    replay = await http.post("/v1/password-changes/forced", json={"change_ticket": ticket, "new_password": "Third-Pass-Word-55"})
+    assert replay.json()["error"]["code"] == "change_ticket_invalid"

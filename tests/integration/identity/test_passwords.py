@@ -1,0 +1,81 @@
+"""Changing, resetting and being required to change a password."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from shared.events import PasswordChanged, PasswordResetRequested
+from tests.integration.identity.conftest import (
+    OTHER_STRONG,
+    STRONG,
+    Harness,
+    bearer,
+    login,
+    register_and_activate,
+    unseal,
+)
+
+pytestmark = pytest.mark.integration
+
+
+async def test_changing_the_password_needs_the_current_one_and_ends_the_other_sessions(identity: Harness) -> None:
+    who = await register_and_activate(identity, "Nadia Simon")
+    http = identity.http()
+    here = (await login(identity, who)).json()
+    elsewhere = (await login(identity, who)).json()
+
+    wrong = await http.put("/v1/me/password", headers=bearer(here),
+                           json={"current_password": "Not-The-Password-9", "new_password": OTHER_STRONG})
+    assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "current_password_wrong"
+    weak = await http.put("/v1/me/password", headers=bearer(here),
+                          json={"current_password": STRONG, "new_password": "aaaaaaaaaaaa"})
+    assert weak.status_code == 422 and weak.json()["error"]["fields"][0]["loc"] == ["body", "new_password"]
+
+    changed = await http.put("/v1/me/password", headers=bearer(here),
+                             json={"current_password": STRONG, "new_password": OTHER_STRONG})
+    assert changed.status_code == 200
+    assert (await http.get("/v1/me", headers=bearer(changed.json()))).status_code == 200
+    assert (await http.get("/v1/me", headers=bearer(elsewhere))).status_code == 401
+    assert (await login(identity, who)).status_code == 401
+    assert (await login(identity, who | {"password": OTHER_STRONG})).status_code == 200
+    (event,) = await identity.events(PasswordChanged, customer_id=who["customer_id"])
+    assert event.reason == "changed"
+
+
+async def test_a_forgotten_password_is_reset_once_with_the_latest_link_within_the_hour(identity: Harness) -> None:
+    who = await register_and_activate(identity, "Olivier Bonnet")
+    http = identity.http()
+    session = (await login(identity, who)).json()
+
+    first = await http.post("/v1/password-resets", json={"email": who["email"]})
+    unknown = await http.post("/v1/password-resets", json={"email": "olivier.nobody@example.fr"})
+    assert first.status_code == unknown.status_code == 202 and first.json() == unknown.json()
+    (older,) = await identity.events(PasswordResetRequested, customer_id=who["customer_id"])
+    await http.post("/v1/password-resets", json={"email": who["email"]})
+    requests = await identity.events(PasswordResetRequested, expected=2, customer_id=who["customer_id"])
+    latest = next(r for r in requests if r.reset_token != older.reset_token)
+    assert latest.reset_expires_at - older.reset_expires_at < timedelta(minutes=5)
+
+    superseded = await http.post("/v1/password-resets/confirm",
+                                 json={"token": unseal(identity, older, "reset_token"), "new_password": OTHER_STRONG})
+    assert superseded.json()["error"]["code"] == "reset_superseded"
+    identity.clock.advance(timedelta(minutes=61))
+    try:
+        late = await http.post("/v1/password-resets/confirm",
+                               json={"token": unseal(identity, latest, "reset_token"), "new_password": OTHER_STRONG})
+    finally:
+        identity.clock.advance(-timedelta(minutes=61))
+    assert late.json()["error"]["code"] == "reset_expired"
+
+    done = await http.post("/v1/password-resets/confirm",
+                           json={"token": unseal(identity, latest, "reset_token"), "new_password": OTHER_STRONG})
+    assert done.status_code == 200
+    replay = await http.post("/v1/password-resets/confirm",
+                             json={"token": unseal(identity, latest, "reset_token"), "new_password": STRONG + "x"})
+    assert replay.json()["error"]["code"] == "reset_already_used"
+    assert (await http.get("/v1/me", headers=bearer(session))).status_code == 401, "a reset ends every session"
+    assert (await login(identity, who | {"password": OTHER_STRONG})).status_code == 200
+    (changed,) = await identity.events(PasswordChanged, customer_id=who["customer_id"], reason="reset")
+    assert changed.email == who["email"]

@@ -1,0 +1,138 @@
+"""Signing in and out: access tokens verifiable by anyone with the JWKS, rotating refresh tokens, sessions."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import timedelta
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from tests.integration.identity.conftest import Harness, bearer, login, register_and_activate
+
+pytestmark = pytest.mark.integration
+
+
+async def signed_in(identity: Harness, name: str) -> tuple[dict, dict]:
+    who = await register_and_activate(identity, name)
+    answer = await login(identity, who)
+    assert answer.status_code == 200, answer.text
+    return who, answer.json()
+
+
+async def test_another_service_verifies_an_access_token_with_the_published_jwks_alone(identity: Harness) -> None:
+    who, tokens = await signed_in(identity, "Hugo Laurent")
+    jwks = (await identity.http().get("/.well-known/jwks.json")).json()
+    assert "/.well-known/jwks.json" in (await identity.http().get("/openapi.json")).json()["paths"]
+
+    header = jwt.get_unverified_header(tokens["access_token"])
+    (key,) = [k for k in jwks["keys"] if k["kid"] == header["kid"]]
+    assert header["alg"] == key["alg"] == "EdDSA" and "d" not in key, "only the public half is published"
+    claims = jwt.decode(tokens["access_token"], jwt.PyJWK(key).key, algorithms=["EdDSA"], audience="leaseline",
+                        issuer="leaseline-identity")
+    assert claims["sub"] == who["customer_id"] and claims["sid"] == tokens["session_id"]
+    assert claims["exp"] - claims["iat"] == 900
+
+
+def _b64(data: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+
+async def test_tampered_expired_foreign_and_unsigned_tokens_are_refused(identity: Harness) -> None:
+    who, tokens = await signed_in(identity, "Ines Garcia")
+    http = identity.http()
+    good = tokens["access_token"]
+    head, body, signature = good.split(".")
+    claims = jwt.decode(good, options={"verify_signature": False})
+    stranger_key = ed25519.Ed25519PrivateKey.generate()
+    kid = jwt.get_unverified_header(good)["kid"]
+
+    forgeries = {
+        "tampered": f"{head}.{_b64(claims | {'sub': 'cus_someone_else'})}.{signature}",
+        "wrong key": jwt.encode(claims, stranger_key, algorithm="EdDSA", headers={"kid": kid}),
+        "alg none": f"{_b64({'alg': 'none', 'typ': 'JWT', 'kid': kid})}.{body}.",
+        "alg HS256 with the public key": jwt.encode(
+            claims, json.dumps((await http.get("/.well-known/jwks.json")).json()["keys"][0]).encode() * 2,
+            algorithm="HS256", headers={"kid": kid},
+        ),
+        "garbage": "not.a.token",
+    }
+    assert (await http.get("/v1/me", headers=bearer(tokens))).status_code == 200
+    for name, token in forgeries.items():
+        answer = await http.get("/v1/me", headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 401, name
+        assert answer.json()["error"]["code"] == "access_token_invalid", name
+
+    identity.clock.advance(timedelta(minutes=15))
+    try:
+        expired = await http.get("/v1/me", headers=bearer(tokens))
+    finally:
+        identity.clock.advance(-timedelta(minutes=15))
+    assert expired.status_code == 401 and expired.json()["error"]["code"] == "access_token_expired"
+    assert (await http.get("/v1/me")).json()["error"]["code"] == "unauthenticated"
+
+
+async def test_a_refresh_token_is_rotated_and_replaying_an_old_one_closes_the_whole_session(identity: Harness) -> None:
+    _, tokens = await signed_in(identity, "Jules Roux")
+    http = identity.http()
+
+    first = await http.post("/v1/sessions/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert first.status_code == 200
+    rotated = first.json()
+    assert rotated["refresh_token"] != tokens["refresh_token"] and rotated["session_id"] == tokens["session_id"]
+
+    replay = await http.post("/v1/sessions/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert replay.status_code == 401 and replay.json()["error"]["code"] == "refresh_token_reused"
+    after = await http.post("/v1/sessions/refresh", json={"refresh_token": rotated["refresh_token"]})
+    assert after.status_code == 401, "the thief's replay also closed the legitimate holder's family"
+    assert (await http.get("/v1/me", headers=bearer(rotated))).json()["error"]["code"] == "session_ended"
+
+
+async def test_a_forged_refresh_token_is_refused(identity: Harness) -> None:
+    _, tokens = await signed_in(identity, "Karim Haddad")
+    session_id = tokens["session_id"]
+    answer = await identity.http().post("/v1/sessions/refresh", json={"refresh_token": f"{session_id}.{'B' * 43}"})
+    assert answer.status_code == 401 and answer.json()["error"]["code"] == "refresh_token_invalid"
+
+
+async def test_logout_ends_this_session_and_logout_everywhere_ends_them_all(identity: Harness) -> None:
+    who = await register_and_activate(identity, "Lea Fontaine")
+    http = identity.http()
+    laptop = (await login(identity, who)).json()
+    phone = (await login(identity, who)).json()
+    tablet = (await login(identity, who)).json()
+
+    listed = (await http.get("/v1/me/sessions", headers=bearer(laptop))).json()
+    assert {s["session_id"] for s in listed} == {laptop["session_id"], phone["session_id"], tablet["session_id"]}
+    assert [s["current"] for s in listed] == [True, False, False]
+
+    assert (await http.delete("/v1/me/sessions/current", headers=bearer(laptop))).status_code == 204
+    assert (await http.get("/v1/me", headers=bearer(laptop))).status_code == 401
+    assert (await http.post("/v1/sessions/refresh", json={"refresh_token": laptop["refresh_token"]})).status_code == 401
+    assert (await http.get("/v1/me", headers=bearer(phone))).status_code == 200
+
+    assert (await http.delete(f"/v1/me/sessions/{tablet['session_id']}", headers=bearer(phone))).status_code == 204
+    assert (await http.get("/v1/me", headers=bearer(tablet))).status_code == 401
+
+    assert (await http.delete("/v1/me/sessions", headers=bearer(phone))).status_code == 204
+    assert (await http.get("/v1/me", headers=bearer(phone))).status_code == 401
+    assert (await http.post("/v1/sessions/refresh", json={"refresh_token": phone["refresh_token"]})).status_code == 401
+    fresh = (await login(identity, who)).json()
+    assert [s["session_id"] for s in (await http.get("/v1/me/sessions", headers=bearer(fresh))).json()] == [
+        fresh["session_id"]
+    ]
+
+
+async def test_a_customer_cannot_see_or_end_another_customers_sessions_or_devices(identity: Harness) -> None:
+    _, mallory = await signed_in(identity, "Mallory Noir")
+    _, victim = await signed_in(identity, "Victor Blanc")
+    http = identity.http()
+
+    attempt = await http.delete(f"/v1/me/sessions/{victim['session_id']}", headers=bearer(mallory))
+    assert attempt.status_code == 404, "someone else's session does not exist for this caller"
+    assert (await http.get("/v1/me", headers=bearer(victim))).status_code == 200
+    assert (await http.delete("/v1/me/devices/dev_of_victor", headers=bearer(mallory))).status_code == 404
+    mine = (await http.get("/v1/me/sessions", headers=bearer(mallory))).json()
+    assert victim["session_id"] not in {s["session_id"] for s in mine}

@@ -1,0 +1,99 @@
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+
+from services.identity.domain import codes, tokens
+from services.identity.domain.access import KnownContract, access_ends_on, add_months
+from services.identity.domain.lockout import LockoutPolicy, LockState, after_failure
+from services.identity.domain.normalise import InvalidPhone, normalise_email, normalise_mobile, normalise_vin
+from services.identity.domain.passwords import PasswordPolicy
+
+NOON = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+def test_an_email_is_one_username_however_it_is_typed() -> None:
+    assert normalise_email("  Jeanne.Martin@Example.FR ") == "jeanne.martin@example.fr"
+
+
+def test_a_french_mobile_typed_nationally_becomes_e164_and_a_landline_is_refused() -> None:
+    assert normalise_mobile("06 12 34 56 78", "fr-FR") == "+33612345678"
+    with pytest.raises(InvalidPhone):
+        normalise_mobile("01 23 45 67 89", "fr-FR")
+
+
+def test_a_vin_never_contains_i_o_or_q() -> None:
+    assert normalise_vin("vf1 rfb00067123456") == "VF1RFB00067123456"
+    with pytest.raises(ValueError, match="I, O or Q"):
+        normalise_vin("VF1RFB0OO67123456")
+
+
+def test_a_password_must_be_long_strong_and_impersonal() -> None:
+    policy = PasswordPolicy()
+    assert policy.problems("Velvet-Harbour-Lantern-42") == []
+    assert policy.problems("Short-1a")[0].code == "password_too_short"
+    assert policy.problems("passwordpassword")[0].code == "password_too_weak"
+    assert policy.problems("Jeanne-Orchard-Compass", ["jeanne.martin@example.fr"])[0].code == "password_personal"
+
+
+def test_five_failures_lock_for_15_minutes_then_30_60_120_then_for_good() -> None:
+    policy, state, durations = LockoutPolicy(), LockState(), []
+    now = NOON
+    for _ in range(5):
+        for _ in range(5):
+            outcome = after_failure(state, now, policy)
+            state = outcome.state
+        assert outcome.newly_locked
+        durations.append(None if state.until is None else state.until - now)
+        now = (state.until or now) + timedelta(seconds=1)
+    assert durations == [timedelta(minutes=m) for m in (15, 30, 60, 120)] + [None]
+
+
+def test_failures_during_a_lock_are_not_counted() -> None:
+    locked = LockState(failures=0, locks=1, locked=True, until=NOON + timedelta(minutes=15))
+    assert after_failure(locked, NOON, LockoutPolicy()).state == locked
+
+
+def test_access_ends_18_months_after_the_last_contract_and_never_while_one_runs() -> None:
+    assert add_months(date(2026, 8, 31), 18) == date(2028, 2, 29)
+    ended = [KnownContract("A", False, date(2025, 3, 10)), KnownContract("B", False, date(2026, 1, 31))]
+    assert access_ends_on(ended) == date(2027, 7, 31)
+    assert access_ends_on([*ended, KnownContract("C", True)]) is None
+
+
+def test_a_single_use_token_tells_used_superseded_expired_and_forged_apart() -> None:
+    issued = tokens.issue_token("cus_1", NOON, tokens.ACTIVATION_TTL)
+    secret = issued.token.split(".", 1)[1]
+    current = issued.stored
+    assert tokens.check_single_use_token(secret, current, [], NOON, what="activation") is None
+    late = tokens.check_single_use_token(secret, current, [], NOON + timedelta(hours=72), what="activation")
+    assert late is not None and late.code == "activation_expired"
+    used = tokens.spend(current, [], "used")
+    assert tokens.check_single_use_token(secret, None, used, NOON, what="activation").code == "activation_already_used"
+    superseded = tokens.spend(current, [], "superseded")
+    assert tokens.check_single_use_token(secret, None, superseded, NOON, what="activation").code == "activation_superseded"
+    assert tokens.check_single_use_token("x" * 43, current, used, NOON, what="activation").code == "activation_invalid"
+    assert secret not in str(current), "only the hash is kept"
+
+
+def test_a_code_has_six_digits_lives_ten_minutes_and_dies_after_five_wrong_tries() -> None:
+    issued = codes.issue_code(NOON, 0)
+    assert len(issued.code) == 6 and issued.code.isdigit()
+    stored, wrong = issued.stored, f"{(int(issued.code) + 1) % 10**6:06d}"
+    for attempt in range(5):
+        check = codes.check_code(stored, wrong, NOON)
+        stored = check.stored
+    assert check.refusal.code == "code_dead"
+    assert codes.check_code(stored, issued.code, NOON).refusal.code == "code_dead"
+    assert codes.check_code(issued.stored, issued.code, NOON + timedelta(minutes=10)).refusal.code == "code_expired"
+    assert codes.check_code(issued.stored, issued.code, NOON + timedelta(minutes=9)).ok
+
+
+def test_a_remembered_device_is_forgotten_after_180_days_without_use() -> None:
+    device = {"remembered": True, "revoked_at": None, "last_used_at": NOON}
+    assert codes.remembered_device_usable(device, NOON + timedelta(days=179))
+    assert not codes.remembered_device_usable(device, NOON + timedelta(days=180))
+
+
+def test_only_three_codes_are_sent_per_authorisation() -> None:
+    with pytest.raises(Exception, match="at most 3"):
+        codes.issue_code(NOON, 3)
