@@ -51,7 +51,7 @@ docs: install ## regenerate docs/events from the catalogue
 	$(PY) -m shared.events.documents
 
 test-unit: install ## unit tests only (no infrastructure)
-	$(PY) -m pytest tests/unit services -q
+	$(PY) -m pytest tests/unit -q
 
 test-integration: install ## integration tests against a real broker and store
 	$(PY) -m deploy.localinfra provision --profile test
