@@ -446,6 +446,7 @@ class NotificationSent(Event):
     template: str
     provider_message_id: str | None = None
     sent_at: AwareDatetime
+    attempts: int | None = Field(default=None, ge=1, description="Attempts it took, this one included")
 
 
 class NotificationFailed(Event):
@@ -460,6 +461,10 @@ class NotificationFailed(Event):
     reason: str
     permanent: bool
     failed_at: AwareDatetime
+    attempts: int | None = Field(default=None, ge=1, description="Attempts made before giving up")
+    fallback_notification_id: str | None = Field(
+        default=None, description="The notification carrying the same message on another channel, if any"
+    )
 
 
 EVENT_CLASSES: tuple[type[Event], ...] = (

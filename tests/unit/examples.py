@@ -127,11 +127,11 @@ def example_events() -> list[c.Event]:
         c.NotificationSent(
             notification_id="ntf_1", source_event_id="evt_1", source_event_type="customer.registered",
             customer_id="cus_jeanne", channel="email", template="activation", provider_message_id="<m1@leaseline>",
-            sent_at=AT,
+            sent_at=AT, attempts=1,
         ),
         c.NotificationFailed(
             notification_id="ntf_2", source_event_id="evt_2", source_event_type="customer.device_code_issued",
             customer_id="cus_jeanne", channel="sms", template="device_code", reason="21211 invalid number",
-            permanent=True, failed_at=AT,
+            permanent=True, failed_at=AT, attempts=1, fallback_notification_id="ntf_3",
         ),
     ]

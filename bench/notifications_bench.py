@@ -1,0 +1,187 @@
+"""Notifications against the backbone it runs on, measured in one run.
+
+- peak: emails per second from events published to Kafka until the SMTP server (the catcher, in
+  this process) accepted them, for a burst of events published as fast as possible;
+- steady: p50/p99 of that same path (publish -> SMTP accepted) at half the peak rate;
+- backbone: how fast the shared consumer alone reads the same events (a handler doing nothing), so
+  the two figures can be compared on this machine.
+
+The service runs in this process with its production code path: consumer, recording, delivery
+worker, SMTP pool, outcome batches through the outbox relay. Logging is left at WARNING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+import uuid
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from deploy.sinks import CaughtMail, SmtpCatcher
+from services.notifications.bootstrap import build
+from services.notifications.domain.planning import delivery_id
+from services.notifications.settings import NotificationSettings
+from shared.crypto import Keyring
+from shared.events import Envelope, PasswordChanged
+from shared.messaging import Delivery
+from shared.runtime.service import ServiceRuntime
+from shared.settings import ServiceSettings
+
+PEAK_EVENTS = int(os.environ.get("NOTIFICATIONS_BENCH_EVENTS", "6000"))
+STEADY_SECONDS = float(os.environ.get("NOTIFICATIONS_BENCH_STEADY_S", "15"))
+TARGETS = {"emails_per_s": 500.0, "share_of_backbone": 0.5, "p99_ms": 250.0}
+HEADER = b"X-Leaseline-Notification: "
+
+
+class Arrivals:
+    """When each delivery reached the SMTP server (by the id in its header)."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, float] = {}
+        self._counted: tuple[int, int] = (0, 0)
+
+    def count(self, ids: Any) -> int:
+        """How many of ``ids`` arrived (counted again only when something new arrived)."""
+        if self._counted[0] != len(self.at) or self._counted[1] != id(ids):
+            self._counted = (len(self.at), id(ids))
+            self._last = sum(1 for i in ids if i in self.at)
+        return self._last
+
+    def __call__(self, mail: CaughtMail) -> None:
+        start = mail.data.find(HEADER)
+        if start >= 0:
+            end = mail.data.find(b"\r\n", start)
+            self.at[mail.data[start + len(HEADER) : end].decode()] = time.perf_counter()
+
+
+def changed(i: int, run: str) -> tuple[PasswordChanged, str]:
+    email = f"c{i}.{run}@bench.example"
+    locale = ("fr-FR", "nl-BE", "fr-CA", "nl-NL", "en", "fr-BE")[i % 6]
+    return PasswordChanged(customer_id=f"cus_{run}_{i}", email=email, locale=locale, first_name="Camille",
+                           reason="reset"), email
+
+
+async def publish_burst(producer: AIOKafkaProducer, topic: str, envelopes: list[Envelope]) -> float:
+    started = time.perf_counter()
+    futures = [await producer.send(topic, e.to_bytes(), key=e.subject.encode()) for e in envelopes]
+    await asyncio.gather(*futures)
+    return started
+
+
+async def measure(kafka_bootstrap: str, mongodb_uri: str) -> dict[str, Any]:
+    run = uuid.uuid4().hex[:8]
+    arrivals = Arrivals()
+    catcher = await SmtpCatcher(None, port=0, keep=False, on_message=arrivals).start()
+    settings = NotificationSettings(
+        kafka_bootstrap_servers=kafka_bootstrap, mongodb_uri=mongodb_uri, mongodb_database=f"bench_ntf_{run}",
+        topic_namespace=f"benchn{run}.", http_port=0, smtp_port=catcher.port, smtp_pool_size=8,
+        event_secret_keys=Keyring.generate_spec("bench"), portal_base_url="https://portal.leaseline.example",
+        delivery_concurrency=int(os.environ.get("NB_CONCURRENCY", "32")),
+        delivery_queue_max=int(os.environ.get("NB_QUEUE", "300")),
+        consumer_batch_max=500, log_level="WARNING",
+    )
+    service = build(settings)
+    await service.runtime.start()
+    topic = f"{settings.topic_namespace}customer.password_changed"
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=2)
+    await producer.start()
+    results: dict[str, Any] = {}
+    try:
+        # Warm-up: connections open, templates compiled, consumer assigned.
+        warm = [Envelope.wrap(changed(i, run + "w")[0], source="bench", time=service.runtime.clock.now()) for i in range(200)]
+        await publish_burst(producer, topic, warm)
+        await _until(lambda: catcher.received >= len(warm), 120)
+
+        # Peak: a burst published as fast as possible, until every email is accepted.
+        burst, ids = [], []
+        for i in range(PEAK_EVENTS):
+            event, email = changed(i, run)
+            envelope = Envelope.wrap(event, source="bench", time=service.runtime.clock.now())
+            burst.append(envelope)
+            ids.append(delivery_id(envelope.id, "email", email))
+        started = await publish_burst(producer, topic, burst)
+        await _until(lambda: arrivals.count(ids) == len(ids), 600)
+        peak_s = max(arrivals.at[i] for i in ids) - started
+        peak = PEAK_EVENTS / peak_s
+        results["peak_emails_per_s"] = peak
+
+        # Steady: half the peak, paced every 20 ms; latency from publish to SMTP accepted.
+        rate = peak / 2
+        sent_at: dict[str, float] = {}
+        per_tick = max(1, round(rate * 0.02))
+        ticks = int(STEADY_SECONDS / 0.02)
+        begin = time.perf_counter()
+        n = 0
+        for tick in range(ticks):
+            for _ in range(per_tick):
+                event, email = changed(n, run + "s")
+                envelope = Envelope.wrap(event, source="bench", time=service.runtime.clock.now())
+                await producer.send(topic, envelope.to_bytes(), key=envelope.subject.encode())
+                sent_at[delivery_id(envelope.id, "email", email)] = time.perf_counter()
+                n += 1
+            await asyncio.sleep(max(0.0, begin + (tick + 1) * 0.02 - time.perf_counter()))
+        await producer.flush()
+        await _until(lambda: arrivals.count(sent_at) == len(sent_at), 600)
+        latencies = sorted((arrivals.at[i] - t) * 1000 for i, t in sent_at.items())
+        results["steady_rate_per_s"] = n / (time.perf_counter() - begin)
+        results["steady_p50_ms"] = statistics.median(latencies)
+        results["steady_p99_ms"] = latencies[int(len(latencies) * 0.99) - 1]
+        results["steady_messages"] = n
+    finally:
+        await producer.stop()
+        await service.runtime.stop()
+        await catcher.stop()
+
+    backbone = await backbone_consume_rate(kafka_bootstrap, mongodb_uri, settings, topic, PEAK_EVENTS)
+    results["backbone_consume_per_s"] = backbone
+    results["share_of_backbone"] = results["peak_emails_per_s"] / backbone
+    results["events"] = PEAK_EVENTS
+    results["target_emails_per_s_met"] = results["peak_emails_per_s"] >= TARGETS["emails_per_s"]
+    results["target_share_met"] = results["share_of_backbone"] >= TARGETS["share_of_backbone"]
+    results["target_p99_met"] = results["steady_p99_ms"] < TARGETS["p99_ms"]
+    return results
+
+
+async def backbone_consume_rate(bootstrap: str, mongodb_uri: str, base: NotificationSettings, topic: str,
+                                count: int) -> float:
+    """The shared consumer alone, a handler that does nothing, over the events already published."""
+    settings = ServiceSettings(
+        service_name=f"bench-backbone-{uuid.uuid4().hex[:6]}", kafka_bootstrap_servers=bootstrap,
+        mongodb_uri=mongodb_uri, mongodb_database=base.mongodb_database, topic_namespace=base.topic_namespace,
+        http_port=0, consumer_batch_max=base.consumer_batch_max,
+    )
+    runtime = ServiceRuntime(settings)
+    consumer = runtime.consumer()
+    seen: list[float] = []
+
+    async def nothing(event: PasswordChanged, delivery: Delivery) -> None:
+        seen.append(time.perf_counter())
+
+    consumer.add(PasswordChanged, nothing)
+    await runtime.start()
+    try:
+        await _until(lambda: len(seen) >= count + 200, 600)
+    finally:
+        await runtime.stop()
+    window = seen[: count + 200]
+    return (len(window) - 1) / (window[-1] - window[0])
+
+
+async def _until(condition: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the benchmark did not complete in time")
+        await asyncio.sleep(0.02)
+
+
+if __name__ == "__main__":
+    import json
+
+    figures = asyncio.run(measure(os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092"),
+                                  os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27027/")))
+    print(json.dumps(figures, indent=2))

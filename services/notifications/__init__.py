@@ -1,0 +1,1 @@
+"""Notifications: turns the events of every service into emails and text messages."""

@@ -1,0 +1,129 @@
+"""Sending email over SMTP through a small pool of reused connections (aiosmtplib).
+
+Each connection carries one transaction at a time (aiosmtplib serialises them anyway); a pool of a
+few lets several messages travel at once without a TCP and EHLO handshake per message. A connection
+that breaks is dropped and reopened on its next use; a connection the server closed while idle is
+detected on first use and replaced once at once, so that an idle timeout never costs a retry.
+
+Replies are sorted into what a later attempt may fix (4xx, connection refused or lost, timeouts)
+and what it will not (5xx: unknown mailbox, refused sender or content).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aiosmtplib
+from aiosmtplib import (
+    SMTPConnectError,
+    SMTPException,
+    SMTPNotSupported,
+    SMTPRecipientsRefused,
+    SMTPResponseException,
+    SMTPServerDisconnected,
+    SMTPTimeoutError,
+)
+
+from services.notifications.domain.retries import PermanentFailure, TransientFailure
+
+log = logging.getLogger(__name__)
+
+
+class SmtpPool:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        size: int = 4,
+        timeout_s: float = 10.0,
+        username: str = "",
+        password: str = "",
+        starttls: bool = False,
+        local_hostname: str = "localhost",
+    ) -> None:
+        self._host, self._port = host, port
+        self._timeout = timeout_s
+        self._username, self._password = username, password
+        self._starttls = starttls
+        self._local_hostname = local_hostname
+        self._idle: asyncio.LifoQueue[aiosmtplib.SMTP | None] = asyncio.LifoQueue()
+        for _ in range(size):
+            self._idle.put_nowait(None)  # opened on first use
+        self.connections_opened = 0
+
+    async def send(self, sender: str, recipient: str, message: bytes) -> str:
+        """Send one message; returns the server's reply to DATA. Raises TransientFailure or
+        PermanentFailure."""
+        client = await self._idle.get()
+        try:
+            reused = client is not None and client.is_connected
+            try:
+                client = client if reused else await self._connect(client)
+                return await self._transaction(client, sender, recipient, message)
+            except SMTPServerDisconnected:
+                if not reused:
+                    raise
+                # The server closed this connection while it was idle: one fresh one, at once.
+                client = await self._connect(client)
+                return await self._transaction(client, sender, recipient, message)
+        except SMTPRecipientsRefused as error:
+            codes = [refusal.code for refusal in error.recipients]
+            detail = "; ".join(f"{r.code} {r.message}" for r in error.recipients)
+            raise _by_code(min(codes), f"recipient refused: {detail}") from None
+        except SMTPResponseException as error:
+            raise _by_code(error.code, f"{type(error).__name__}: {error.code} {error.message}") from None
+        except SMTPNotSupported as error:
+            raise PermanentFailure(f"server cannot take this message: {error.message}") from None
+        except (SMTPServerDisconnected, SMTPConnectError, SMTPTimeoutError, OSError, asyncio.TimeoutError) as error:
+            client = await self._discard(client)
+            raise TransientFailure(f"SMTP connection: {type(error).__name__}: {error}") from None
+        except SMTPException as error:
+            client = await self._discard(client)
+            raise TransientFailure(f"SMTP: {type(error).__name__}: {error}") from None
+        except ValueError as error:  # an address aiosmtplib refuses to put in an envelope
+            raise PermanentFailure(f"invalid address: {error}") from None
+        finally:
+            self._idle.put_nowait(client if client is not None and client.is_connected else None)
+
+    async def _transaction(self, client: aiosmtplib.SMTP, sender: str, recipient: str, message: bytes) -> str:
+        options = ["SMTPUTF8"] if not (sender.isascii() and recipient.isascii()) else None
+        _, reply = await client.sendmail(sender, [recipient], message, mail_options=options, timeout=self._timeout)
+        return reply
+
+    async def _connect(self, old: aiosmtplib.SMTP | None) -> aiosmtplib.SMTP:
+        await self._discard(old)
+        client = aiosmtplib.SMTP(
+            hostname=self._host,
+            port=self._port,
+            timeout=self._timeout,
+            start_tls=self._starttls,
+            local_hostname=self._local_hostname,
+            username=self._username or None,
+            password=self._password or None,
+        )
+        await client.connect()
+        self.connections_opened += 1
+        return client
+
+    @staticmethod
+    async def _discard(client: aiosmtplib.SMTP | None) -> None:
+        if client is not None:
+            client.close()
+        return None
+
+    async def close(self) -> None:
+        while not self._idle.empty():
+            client = self._idle.get_nowait()
+            if client is not None and client.is_connected:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.quit(), timeout=2)
+                client.close()
+
+
+def _by_code(code: int, reason: str) -> TransientFailure | PermanentFailure:
+    if 400 <= code < 500:
+        return TransientFailure(reason, code=str(code))
+    return PermanentFailure(reason, code=str(code))

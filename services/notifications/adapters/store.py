@@ -1,0 +1,250 @@
+"""Where deliveries live: four collections, shaped by what the store does quickly.
+
+- ``delivery_ledger``: one small document per delivery ever recorded, insert-only, with a unique
+  index on (source event id, channel, recipient). Recording a delivery is an insert there; a
+  duplicate key means the event was already handled: the idempotency rule, no check-then-insert.
+- ``deliveries``: the deliveries not finished yet (queued, sending, retrying, waiting for quiet
+  hours to end). Kept small, in number and in size: finished ones leave, and the source event
+  each is rendered from is in ``delivery_payloads`` (insert-only, read by ``_id``, purged after
+  ``PAYLOAD_RETENTION``: the event holds personal data, and sealed secrets).
+- ``delivery_history``: finished deliveries, one document each (``_id`` = delivery id).
+- ``delivery_outcomes``: a DocumentStore whose documents each carry a batch of
+  ``notification.sent`` / ``notification.failed`` events in their outbox; deleted once relayed.
+
+A delivery finishes in three writes: its final state into the history, its event into the outbox,
+its active document out. A crash between them is repaired when the delivery is recovered (its lease
+ends): found in the history, its event is stored again, with the same event id (consumers drop the
+copy), and it is not sent again.
+
+Why not one collection updated in place: on FerretDB v1 (SQLite), the local and test store, only
+inserts and lookups by ``_id`` take constant time; every other update, delete or query reads the
+whole collection (measured: 4 µs per stored document for an update, 30 to 75 µs per document for a
+query, per kB of document roughly), commands are served one at a time, and an update command of 100
+statements or more deadlocks the database. So the hot path inserts in batches, reads by ``_id``, and
+scans only small collections. On MongoDB the declared indexes serve every query here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from pymongo import DESCENDING
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, OperationFailure
+
+from services.notifications.domain.delivery import Delivery
+from shared.storage.documents import PENDING, DocumentStore
+from shared.storage.mongo import IndexSpec
+
+log = logging.getLogger(__name__)
+
+
+def store_busy(error: BaseException) -> bool:
+    """FerretDB on SQLite answers concurrent writers with "database is locked" (SQLITE_BUSY) as an
+    internal error (code 1): a transient condition, not a verdict on the data."""
+    return isinstance(error, OperationFailure) and (
+        "database is locked" in str(error) or "SQLITE_BUSY" in str(error)
+    )
+
+ACTIVE = "deliveries"
+LEDGER = "delivery_ledger"
+PAYLOADS = "delivery_payloads"
+OUTCOMES = "delivery_outcomes"
+HISTORY = "delivery_history"
+RECIPIENTS = "recipients"
+
+INDEXES = [
+    IndexSpec(LEDGER, (("source_event_id", 1), ("channel", 1), ("recipient", 1)), unique=True, name="delivery_key"),
+    IndexSpec(ACTIVE, (("next_attempt_at", 1),), name="due"),
+    IndexSpec(ACTIVE, (("customer_id", 1), ("created_at", -1)), name="by_customer"),
+    IndexSpec(HISTORY, (("customer_id", 1), ("created_at", -1)), name="by_customer"),
+    IndexSpec(PAYLOADS, (("created_at", 1),), name="age"),
+]
+
+
+PAYLOAD_RETENTION = timedelta(days=3)  # longer than any delivery lives (retries, quiet hours)
+
+
+class InsertBatcher:
+    """Coalesces concurrent single-document inserts into ``insert_many`` calls.
+
+    The consumer handles up to ``consumer_concurrency`` events at once; each records its
+    deliveries with one insert. Sent one by one they cost a round trip and a store transaction
+    each; gathered for a millisecond they cost one."""
+
+    def __init__(self, collection: AsyncCollection[dict[str, Any]], *, max_batch: int = 200, max_wait_s: float = 0.002):
+        self._collection = collection
+        self._max_batch = max_batch
+        self._max_wait = max_wait_s
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def insert(self, document: dict[str, Any]) -> bool:
+        """True when inserted, False when a document with the same unique key exists."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((document, future))
+        if len(self._pending) >= self._max_batch:
+            self._flush_now()
+        elif self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_soon())
+        return await future
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(self._max_wait)
+        self._flusher = None
+        self._flush_now()
+
+    def _flush_now(self) -> None:
+        batch, self._pending = self._pending, []
+        if batch:
+            asyncio.create_task(self._write(batch))
+
+    async def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future[bool]]]) -> None:
+        outcome: list[bool | BaseException] = [True] * len(batch)
+        try:
+            await self._collection.insert_many([doc for doc, _ in batch], ordered=False)
+        except BulkWriteError as error:
+            for write_error in error.details.get("writeErrors", []):
+                code = write_error.get("code")
+                duplicate = code == 11000 or "duplicate key" in str(write_error.get("errmsg", "")).lower()
+                outcome[write_error["index"]] = False if duplicate else RuntimeError(str(write_error.get("errmsg")))
+        except BaseException as error:  # the store is unreachable: every caller gets the error
+            outcome = [error] * len(batch)
+        for (_, future), result in zip(batch, outcome, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+
+class DeliveryStore:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]], outcomes: DocumentStore) -> None:
+        self.active = db[ACTIVE]
+        self.ledger = db[LEDGER]
+        self.payloads = db[PAYLOADS]
+        self.history = db[HISTORY]
+        self.outcomes = outcomes
+        self._active_inserts = InsertBatcher(self.active)
+        self._payload_inserts = InsertBatcher(self.payloads)
+        self._ledger_inserts = InsertBatcher(self.ledger)
+
+    # --- recording -----------------------------------------------------------------------------
+
+    async def record(self, delivery: Delivery) -> bool:
+        """Record a new delivery; False when its event was already handled.
+
+        The source event goes first, then the active document, then the ledger key: a crash in
+        between leaves a delivery that will be sent (and its key written then), never a key
+        without its delivery. A key already in the ledger means a duplicate, unless the delivery
+        had failed and its source event was parked: then this is a replay, and it is re-opened."""
+        await self._payload_inserts.insert(delivery.payload())  # already there: a re-opened one
+        if not await self._active_inserts.insert(delivery.to_document()):
+            return False  # still active: recorded, not finished
+        if await self._ledger_inserts.insert(ledger_key(delivery)):
+            return True
+        finished = await self.history.find_one({"_id": delivery.id}, projection={"status": 1, "parked": 1})
+        if finished is None or (finished.get("status") == "failed" and finished.get("parked")):
+            if finished is not None:
+                log.info("re-opening a failed delivery: its source event was replayed", extra={"delivery": delivery.id})
+            return True
+        await self.active.delete_one({"_id": delivery.id, "created_at": delivery.created_at})
+        return False
+
+    async def ensure_key(self, delivery: Delivery) -> None:
+        """The ledger key of a delivery recovered after a crash (it may never have been written)."""
+        await self._ledger_inserts.insert(ledger_key(delivery))
+
+    # --- claiming and retrying -----------------------------------------------------------------
+
+    async def due(self, now: datetime, limit: int) -> list[Delivery]:
+        raw = await self.active.find({"next_attempt_at": {"$lte": now}}, limit=limit * 4).to_list()
+        return [d for d in map(Delivery.from_document, raw) if d.claimable(now)][:limit]
+
+    async def with_payload(self, delivery: Delivery) -> Delivery:
+        """A delivery read from the active set, with its source event (to render it, or park it)."""
+        payload = await self.payloads.find_one({"_id": delivery.id}) or {}
+        return replace(delivery, envelope=payload.get("envelope") or {}, origin=payload.get("origin") or {})
+
+    async def purge_payloads(self, older_than: datetime) -> int:
+        result = await self.payloads.delete_many({"created_at": {"$lt": older_than}})
+        return result.deleted_count
+
+    async def claim(self, delivery: Delivery, lease_until: datetime) -> bool:
+        """Take the lease, if nobody took it since ``delivery`` was read."""
+        result = await self.active.update_one(
+            {"_id": delivery.id, "lease_until": delivery.lease_until, "attempts": delivery.attempts},
+            {"$set": {"lease_until": lease_until}},
+        )
+        return result.matched_count == 1
+
+    async def retry_later(self, delivery: Delivery) -> None:
+        await self.active.update_one(
+            {"_id": delivery.id},
+            {
+                "$set": {
+                    "status": delivery.status.value,
+                    "attempts": delivery.attempts,
+                    "next_attempt_at": delivery.next_attempt_at,
+                    "lease_until": None,
+                    "last_error": delivery.last_error,
+                    "log": list(delivery.log),
+                }
+            },
+        )
+
+    async def finished(self, delivery_id: str) -> dict[str, Any] | None:
+        return await self.history.find_one({"_id": delivery_id})
+
+    # --- finishing -----------------------------------------------------------------------------
+
+    async def archive(self, documents: Sequence[dict[str, Any]]) -> None:
+        """Final states into the history (idempotent: run again, it converges)."""
+        try:
+            await self.history.insert_many(list(documents), ordered=False)
+        except BulkWriteError as error:
+            for write_error in error.details.get("writeErrors", []):
+                if write_error.get("code") != 11000:
+                    raise
+                # already archived (a re-run), or a re-opened delivery that finished again
+                document = documents[write_error["index"]]
+                await self.history.replace_one({"_id": document["_id"]}, document)
+
+    async def release(self, delivery_ids: Sequence[str]) -> None:
+        """Finished deliveries leave the active set."""
+        await self.active.delete_many({"_id": {"$in": list(delivery_ids)}})
+
+    async def drop_relayed_outcomes(self) -> int:
+        result = await self.outcomes.collection.delete_many({PENDING: 0})
+        return result.deleted_count
+
+    # --- reading (staff API) -------------------------------------------------------------------
+
+    async def for_customer(self, customer_id: str, limit: int) -> list[dict[str, Any]]:
+        """Newest first; a delivery still active wins over its archived copy (a re-opened one)."""
+        active = await self.active.find({"customer_id": customer_id}).sort(
+            "created_at", DESCENDING).to_list(limit)
+        history = await self.history.find({"customer_id": customer_id}).sort("created_at", DESCENDING).to_list(limit)
+        merged = {d["_id"]: d for d in history} | {d["_id"]: d for d in active}
+        return sorted(merged.values(), key=lambda d: d["created_at"], reverse=True)[:limit]
+
+    async def one(self, delivery_id: str) -> dict[str, Any] | None:
+        found = await self.active.find_one({"_id": delivery_id})
+        return found or await self.history.find_one({"_id": delivery_id})
+
+
+def ledger_key(delivery: Delivery) -> dict[str, Any]:
+    return {
+        "_id": delivery.id,
+        "source_event_id": delivery.source_event_id,
+        "channel": delivery.channel,
+        "recipient": delivery.recipient,
+        "created_at": delivery.created_at,
+    }

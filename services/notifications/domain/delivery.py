@@ -1,0 +1,172 @@
+"""A delivery: one message, to one recipient, on one channel, for one event; and its life.
+
+    queued ──claim──▶ sending ──▶ sent
+      ▲                 │ transient failure, attempts left
+      └── retrying ◀────┤
+                        ├─ transient failure, attempts exhausted ──▶ failed (source event parked)
+                        └─ permanent failure ──▶ failed (+ a new delivery on the fallback channel)
+
+"sending" is a lease: whoever claimed the delivery may send it until ``lease_until``; after that,
+anyone may claim it again (the previous sender crashed). A message can therefore go out twice in
+that case, never zero times: at least once, with the same Message-ID.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any
+
+
+class Status(str, Enum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    RETRYING = "retrying"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: str
+    source_event_id: str
+    source_event_type: str
+    channel: str
+    recipient: str
+    template: str
+    locale: str
+    category: str
+    urgency: str
+    created_at: datetime
+    envelope: dict[str, Any]  # the source event as received (secrets still sealed)
+    origin: dict[str, Any]  # where it was read: topic, partition, offset, consumer group
+    customer_id: str | None = None
+    first_name: str | None = None
+    not_before: datetime | None = None
+    expires_at: datetime | None = None
+    fallback_channel: str | None = None
+    fallback_of: str | None = None
+    note: str | None = None
+    status: Status = Status.QUEUED
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    lease_until: datetime | None = None
+    last_error: str | None = None
+    log: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    # The source event, already validated, when the delivery was handed over in this process
+    # (never stored: it holds secrets in their sealed form only, but rendering needs types).
+    event: Any = field(default=None, compare=False, repr=False)
+
+    def current_status(self, now: datetime) -> Status:
+        if self.lease_until is not None and self.lease_until > now:
+            return Status.SENDING
+        return self.status
+
+    def claimable(self, now: datetime) -> bool:
+        due = self.next_attempt_at is None or self.next_attempt_at <= now
+        return due and (self.lease_until is None or self.lease_until <= now)
+
+    def leased(self, now: datetime, lease: timedelta) -> "Delivery":
+        return replace(self, lease_until=now + lease)
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+    def retry_later(self, now: datetime, at: datetime, reason: str) -> "Delivery":
+        return replace(
+            self,
+            status=Status.RETRYING,
+            attempts=self.attempts + 1,
+            next_attempt_at=at,
+            lease_until=None,
+            last_error=reason,
+            log=(*self.log, {"at": now, "outcome": "transient", "reason": reason}),
+        )
+
+    def finish(
+        self,
+        status: Status,
+        now: datetime,
+        *,
+        provider_id: str | None = None,
+        reason: str | None = None,
+        permanent: bool = False,
+        parked: bool = False,
+        fallback_id: str | None = None,
+    ) -> "FinalOutcome":
+        entry = {"at": now, "outcome": status.value if status is Status.SENT else ("permanent" if permanent else "transient")}
+        if reason:
+            entry["reason"] = reason
+        return FinalOutcome(
+            delivery=replace(
+                self,
+                status=status,
+                attempts=self.attempts + 1,
+                lease_until=None,
+                next_attempt_at=None,
+                last_error=reason or self.last_error,
+                log=(*self.log, entry),
+            ),
+            finished_at=now,
+            provider_id=provider_id,
+            reason=reason,
+            permanent=permanent,
+            parked=parked,
+            fallback_id=fallback_id,
+        )
+
+    def to_document(self) -> dict[str, Any]:
+        """The delivery's state, without the source event (kept apart: see ``payload``)."""
+        doc = {f.name: getattr(self, f.name) for f in _STORED}
+        doc["_id"] = doc.pop("id")
+        doc["status"] = self.status.value
+        doc["log"] = list(self.log)
+        return doc
+
+    def payload(self) -> dict[str, Any]:
+        """The source event and where it was read: what rendering and parking need."""
+        return {"_id": self.id, "envelope": self.envelope, "origin": self.origin, "created_at": self.created_at}
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> "Delivery":
+        known = {f.name for f in _STORED}
+        values = {k: v for k, v in doc.items() if k in known}
+        values["id"] = doc["_id"]
+        values["status"] = Status(doc.get("status", "queued"))
+        values["log"] = tuple(doc.get("log", ()))
+        values["envelope"] = doc.get("envelope") or {}
+        values["origin"] = doc.get("origin") or {}
+        return cls(**values)
+
+
+_STORED = tuple(f for f in fields(Delivery) if f.name not in ("event", "envelope", "origin"))
+
+
+@dataclass(frozen=True)
+class FinalOutcome:
+    """How a delivery ended; archived for good (without the source event, which holds secrets)."""
+
+    delivery: Delivery
+    finished_at: datetime
+    provider_id: str | None
+    reason: str | None
+    permanent: bool
+    parked: bool
+    fallback_id: str | None
+
+    @property
+    def status(self) -> Status:
+        return self.delivery.status
+
+    def to_document(self) -> dict[str, Any]:
+        doc = self.delivery.to_document()
+        doc.update(
+            finished_at=self.finished_at,
+            provider_id=self.provider_id,
+            reason=self.reason,
+            permanent=self.permanent,
+            parked=self.parked,
+            fallback_id=self.fallback_id,
+        )
+        return doc

@@ -1,0 +1,316 @@
+"""The delivery worker: takes recorded deliveries and sends them, one attempt at a time.
+
+New deliveries arrive from the Kafka handler of this process, already leased to it. Retries that
+fall due, messages held back by quiet hours, and deliveries whose sender died (lease expired) are
+found by polling the active deliveries by ``next_attempt_at`` against the injected clock. A bounded
+queue between the two gives backpressure: when sending falls behind, the consumer waits rather
+than filling the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Protocol
+
+from pydantic import ValidationError
+
+from services.notifications.adapters.dead_letters import DeadLetterPublisher
+from services.notifications.adapters.email_message import Sender, build_email, message_id
+from services.notifications.adapters.store import DeliveryStore
+from services.notifications.adapters.templates import TemplateError, TemplateRenderer
+from services.notifications.domain.delivery import Delivery, FinalOutcome, Status
+from services.notifications.domain.messages import Category, MessageTable
+from services.notifications.domain.planning import address, delivery_id
+from services.notifications.domain.retries import PermanentFailure, RetryPolicy, TransientFailure
+from services.notifications.service_layer.outcomes import OutcomeLog
+from services.notifications.service_layer.patience import patiently
+from services.notifications.service_layer.recording import opened
+from shared.clock import Clock
+from shared.crypto import Keyring, SealError
+from shared.events import Envelope, UnknownEvent, event_class
+from shared.logging import log_context, mask_email, mask_phone
+
+log = logging.getLogger(__name__)
+
+
+class EmailTransport(Protocol):
+    async def send(self, sender: str, recipient: str, message: bytes) -> str: ...
+
+
+class SmsTransport(Protocol):
+    async def send(self, to: str, body: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class Rendered:
+    channel: str
+    payload: bytes | str
+    provider_id: str | None = None  # known before sending for email (our Message-ID)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    concurrency: int
+    queue_max: int
+    poll_s: float
+    lease: timedelta
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        *,
+        store: DeliveryStore,
+        outcomes: OutcomeLog,
+        renderer: TemplateRenderer,
+        table: MessageTable,
+        email: EmailTransport,
+        sms: SmsTransport,
+        dead_letters: DeadLetterPublisher,
+        keyring: Keyring,
+        clock: Clock,
+        policy: RetryPolicy,
+        settings: WorkerSettings,
+        sender: Sender,
+        portal_base_url: str,
+        observe: Callable[[str, str], None] = lambda channel, outcome: None,
+    ) -> None:
+        self._store = store
+        self._outcomes = outcomes
+        self._renderer = renderer
+        self._table = table
+        self._email = email
+        self._sms = sms
+        self._dead_letters = dead_letters
+        self._keyring = keyring
+        self._clock = clock
+        self._policy = policy
+        self._settings = settings
+        self._sender = sender
+        self._portal = portal_base_url.rstrip("/")
+        self._observe = observe
+        self._queue: asyncio.Queue[Delivery] = asyncio.Queue(settings.queue_max)
+        self._in_flight: set[str] = set()
+        self._wake = asyncio.Event()
+
+    # --- intake --------------------------------------------------------------------------------
+
+    async def hand_over(self, delivery: Delivery) -> bool:
+        """A delivery just recorded and leased to this process: queue it (waits when full)."""
+        if delivery.id in self._in_flight:
+            return False
+        self._in_flight.add(delivery.id)
+        await self._queue.put(delivery)
+        return True
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # --- running -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        workers = [asyncio.create_task(self._work(), name=f"delivery-{i}") for i in range(self._settings.concurrency)]
+        try:
+            await self._poll()
+        finally:
+            for task in workers:
+                task.cancel()
+            for task in workers:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _work(self) -> None:
+        while True:
+            delivery = await self._queue.get()
+            try:
+                with log_context(event_id=delivery.source_event_id,
+                                 correlation_id=delivery.envelope.get("correlationid")):
+                    await self.attempt(delivery)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # its lease will end and the poller will pick it up again
+                log.exception("delivery attempt crashed", extra={"delivery": delivery.id})
+            finally:
+                self._in_flight.discard(delivery.id)
+
+    async def _poll(self) -> None:
+        while True:
+            try:
+                await self.claim_due()
+                await self._outcomes.maintain()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("polling for due deliveries failed", exc_info=True)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._settings.poll_s)
+
+    async def claim_due(self) -> int:
+        """Claim what fell due (retries, quiet hours ended, abandoned leases) and queue it."""
+        room = self._settings.queue_max - self._queue.qsize()
+        if room <= 0:
+            return 0
+        now = self._clock.now()
+        claimed = 0
+        for delivery in await self._store.due(now, limit=room):
+            if delivery.id in self._in_flight:
+                continue
+            leased = delivery.leased(now, self._settings.lease)
+            if not await self._store.claim(delivery, leased.lease_until):  # type: ignore[arg-type]
+                continue  # another process took it
+            archived = await self._store.finished(delivery.id)
+            if archived is not None:  # finished, but a crash kept it from leaving the active set
+                await self._outcomes.announce_again(archived)
+                continue
+            await self._store.ensure_key(delivery)
+            self._in_flight.add(delivery.id)
+            self._queue.put_nowait(await self._store.with_payload(leased))
+            claimed += 1
+        return claimed
+
+    # --- one attempt ---------------------------------------------------------------------------
+
+    async def attempt(self, delivery: Delivery) -> FinalOutcome | None:
+        """Send once. Returns the final outcome, or None when a retry was scheduled."""
+        now = self._clock.now()
+        if delivery.lease_until is not None and delivery.lease_until <= now:
+            if not await self._store.claim(delivery, now + self._settings.lease):
+                return None  # waited too long in the queue: someone else took over
+        if delivery.expired(now):
+            return self._finish(delivery.finish(Status.FAILED, now, reason="expired before it could be sent",
+                                                permanent=True))
+        try:
+            rendered = self._render(delivery)
+        except (TemplateError, SealError, ValidationError, UnknownEvent, KeyError) as error:
+            reason = f"cannot render {delivery.template}.{delivery.channel}: {type(error).__name__}: {error}"
+            parked = await self._park(delivery, reason, "render_failed")
+            return self._finish(delivery.finish(Status.FAILED, now, reason=reason, permanent=True, parked=parked))
+        try:
+            provider_id = await self._send(delivery, rendered)
+        except TransientFailure as failure:
+            return await self._transient(delivery, failure)
+        except PermanentFailure as failure:
+            fallback_id = await self._fall_back(delivery, failure.reason)
+            return self._finish(delivery.finish(Status.FAILED, self._clock.now(), reason=failure.reason,
+                                                permanent=True, fallback_id=fallback_id))
+        return self._finish(delivery.finish(Status.SENT, self._clock.now(), provider_id=provider_id))
+
+    def _finish(self, outcome: FinalOutcome) -> FinalOutcome:
+        self._outcomes.add(outcome)
+        delivery = outcome.delivery
+        self._observe(delivery.channel, "sent" if outcome.status is Status.SENT else "failed")
+        log.info(
+            "delivery %s", outcome.status.value,
+            extra={"delivery": delivery.id, "template": delivery.template, "channel": delivery.channel,
+                   "to": _masked(delivery), "attempts": delivery.attempts, "reason": outcome.reason},
+        )
+        return outcome
+
+    async def _transient(self, delivery: Delivery, failure: TransientFailure) -> FinalOutcome | None:
+        now = self._clock.now()
+        next_at = self._policy.next_attempt_at(delivery.attempts + 1, now)
+        if next_at is None:
+            reason = f"gave up after {delivery.attempts + 1} attempts: {failure.reason}"
+            parked = await self._park(delivery, reason, "delivery_failed")
+            return self._finish(delivery.finish(Status.FAILED, now, reason=reason, parked=parked))
+        retry = delivery.retry_later(now, next_at, failure.reason)
+        await patiently(lambda: self._store.retry_later(retry), what="schedule retry")
+        self._observe(delivery.channel, "retrying")
+        log.info("delivery will be retried", extra={"delivery": delivery.id, "attempt": retry.attempts,
+                                                    "retry_at": next_at.isoformat(), "reason": failure.reason})
+        return None
+
+    async def _fall_back(self, delivery: Delivery, reason: str) -> str | None:
+        """A permanent refusal on the first channel: the same message on the fallback channel."""
+        if not delivery.fallback_channel:
+            return None
+        data = delivery.envelope.get("data", {})
+        recipient = address(delivery.fallback_channel, data, None)
+        if recipient is None:
+            return None
+        now = self._clock.now()
+        room = not self._queue.full()
+        fallback = replace(
+            delivery,
+            id=delivery_id(delivery.source_event_id, delivery.fallback_channel, recipient),
+            channel=delivery.fallback_channel,
+            recipient=recipient,
+            created_at=now,
+            fallback_channel=None,
+            fallback_of=delivery.id,
+            note=f"{delivery.channel} refused: {reason}",
+            status=Status.QUEUED,
+            attempts=0,
+            next_attempt_at=now,
+            lease_until=now + self._settings.lease if room else None,
+            last_error=None,
+            log=(),
+        )
+        if await patiently(lambda: self._store.record(fallback), what="record fallback") and room:
+            self._in_flight.add(fallback.id)
+            self._queue.put_nowait(fallback)
+        return fallback.id
+
+    async def _park(self, delivery: Delivery, reason: str, kind: str) -> bool:
+        try:
+            await self._dead_letters.park(delivery.envelope, delivery.origin, reason=reason, kind=kind,
+                                          attempts=delivery.attempts + 1, at=self._clock.now())
+            return True
+        except Exception:
+            log.warning("could not park the source event; the failure is recorded all the same", exc_info=True)
+            return False
+
+    # --- rendering and sending -----------------------------------------------------------------
+
+    def _render(self, delivery: Delivery) -> Rendered:
+        event = delivery.event
+        if event is None:  # recovered from the store: validate the source event again
+            envelope = Envelope.model_validate(delivery.envelope)
+            event = event_class(envelope.type, envelope.schemaversion).model_validate(envelope.data)
+        data = opened(event, self._keyring)
+        spec = next(s for s in self._table.for_event(event.event_type, data) if s.template == delivery.template)
+        link = spec.link.build(self._portal, data) if spec.link else None
+        context = self._renderer.context(data, delivery.locale, link)
+        if delivery.channel == "sms":
+            return Rendered("sms", self._renderer.sms(delivery.template, delivery.locale, context).text)
+        marketing = spec.category is Category.MARKETING
+        unsubscribe = f"{self._portal}/preferences/communications?channel=email" if marketing else None
+        content = self._renderer.email(delivery.template, delivery.locale, context, unsubscribe_url=unsubscribe)
+        message = build_email(
+            delivery_id=delivery.id,
+            sender=self._sender,
+            to_address=delivery.recipient,
+            to_name=delivery.first_name,
+            subject=content.subject,
+            text=content.text,
+            html=content.html,
+            date=self._clock.now(),
+            language=delivery.locale,
+            unsubscribe_url=unsubscribe,
+        )
+        return Rendered("email", message, message_id(delivery.id, self._sender))
+
+    async def _send(self, delivery: Delivery, rendered: Rendered) -> str:
+        if rendered.channel == "email":
+            assert isinstance(rendered.payload, bytes)
+            await self._email.send(self._sender.address, delivery.recipient, rendered.payload)
+            return rendered.provider_id or ""
+        assert isinstance(rendered.payload, str)
+        return await self._sms.send(delivery.recipient, rendered.payload)
+
+    async def drain(self) -> None:
+        """Wait until nothing is queued or being sent (tests)."""
+        while self._in_flight:
+            await asyncio.sleep(0.01)
+        await self._outcomes.flush()
+
+
+def _masked(delivery: Delivery) -> str:
+    return mask_email(delivery.recipient) if delivery.channel == "email" else mask_phone(delivery.recipient)
+

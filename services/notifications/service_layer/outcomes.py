@@ -1,0 +1,140 @@
+"""Final outcomes: archived, announced through the outbox, and taken out of the active set.
+
+Outcomes are written in batches (up to ``batch_max``, or every ``flush_s``): one insert of their
+final states into the history, one insert of a document carrying their ``notification.sent`` /
+``notification.failed`` events (the outbox: the relay publishes them), one delete from the active
+set. Event ids are derived from the delivery and its attempt, so an outcome announced twice after
+a crash is recognised by consumers as one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from services.notifications.adapters.store import PAYLOAD_RETENTION, DeliveryStore
+from services.notifications.domain.delivery import Delivery, FinalOutcome, Status
+from services.notifications.service_layer.patience import patiently
+from shared.clock import Clock
+from shared.events import Envelope, NotificationFailed, NotificationSent
+from shared.events.envelope import Event
+
+log = logging.getLogger(__name__)
+
+
+def outcome_event(outcome: FinalOutcome) -> Event:
+    delivery = outcome.delivery
+    common = dict(
+        notification_id=delivery.id,
+        source_event_id=delivery.source_event_id,
+        source_event_type=delivery.source_event_type,
+        customer_id=delivery.customer_id,
+        channel=delivery.channel,
+        template=delivery.template,
+    )
+    if outcome.status is Status.SENT:
+        return NotificationSent(
+            **common, provider_message_id=outcome.provider_id, sent_at=outcome.finished_at, attempts=delivery.attempts
+        )
+    return NotificationFailed(
+        **common,
+        reason=outcome.reason or "unknown",
+        permanent=outcome.permanent,
+        failed_at=outcome.finished_at,
+        attempts=delivery.attempts,
+        fallback_notification_id=outcome.fallback_id,
+    )
+
+
+class OutcomeLog:
+    def __init__(self, store: DeliveryStore, clock: Clock, *, source: str, batch_max: int, flush_s: float) -> None:
+        self._last_purge: Any = None
+        self._store = store
+        self._clock = clock
+        self._source = source
+        self._batch_max = batch_max
+        self._flush_s = flush_s
+        self._pending: list[FinalOutcome] = []
+        self._timer: asyncio.Task[None] | None = None
+        self._writes: set[asyncio.Task[None]] = set()
+
+    def add(self, outcome: FinalOutcome) -> None:
+        self._pending.append(outcome)
+        if len(self._pending) >= self._batch_max:
+            self._write_pending()
+        elif self._timer is None:
+            self._timer = asyncio.create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self._flush_s)
+        self._timer = None
+        self._write_pending()
+
+    def _write_pending(self) -> None:
+        batch, self._pending = self._pending, []
+        if batch:
+            task = asyncio.create_task(self._write(batch))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def flush(self) -> None:
+        """Write what is pending and wait for every write in progress (tests, shutdown)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._write_pending()
+        if self._writes:
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
+
+    async def _write(self, batch: list[FinalOutcome]) -> None:
+        documents = [outcome.to_document() for outcome in batch]
+        # Until the history holds them, these outcomes exist only here: keep trying. (A process
+        # that dies meanwhile leaves leased deliveries, sent again once their lease ends.)
+        await patiently(lambda: self._store.archive(documents), forever=True, what="archive outcomes")
+        await self._announce(batch)
+
+    async def _announce(self, batch: list[FinalOutcome]) -> None:
+        batch_id = f"out_{uuid.uuid4().hex}"
+        events = [self._envelope(outcome) for outcome in batch]
+        state: dict[str, Any] = {"notifications": [o.delivery.id for o in batch], "created_at": self._clock.now()}
+        try:
+            # Keep the outcome collection small, for the relay reads it whole on every pass.
+            await patiently(self._store.drop_relayed_outcomes, what="drop relayed outcomes")
+            await patiently(lambda: self._store.outcomes.create(batch_id, state, events), what="store outcome events")
+            await patiently(lambda: self._store.release([o.delivery.id for o in batch]), what="release deliveries")
+        except Exception:  # their leases will end; recovery finds them finished and announces them again
+            log.warning("finishing a batch of deliveries failed; recovery will complete it", exc_info=True)
+
+    def _envelope(self, outcome: FinalOutcome) -> Envelope:
+        delivery = outcome.delivery
+        return Envelope.wrap(
+            outcome_event(outcome),
+            source=self._source,
+            time=outcome.finished_at,
+            correlation_id=delivery.envelope.get("correlationid") or delivery.source_event_id,
+            causation_id=delivery.source_event_id,
+            event_id=f"{delivery.id}.{outcome.status.value}.{delivery.attempts}",
+        )
+
+    async def announce_again(self, archived: dict[str, Any]) -> None:
+        """A delivery found finished in the history while still active (a crash came between the
+        two): announce its outcome again (same event id) and release it."""
+        delivery = Delivery.from_document(archived)
+        outcome = FinalOutcome(
+            delivery=delivery, finished_at=archived["finished_at"], provider_id=archived.get("provider_id"),
+            reason=archived.get("reason"), permanent=archived.get("permanent", False),
+            parked=archived.get("parked", False), fallback_id=archived.get("fallback_id"),
+        )
+        await self._announce([outcome])
+
+    async def maintain(self) -> None:
+        """Drop the outcome documents whose events the relay has published; once an hour, drop
+        the source events of deliveries old enough to be over."""
+        await self._store.drop_relayed_outcomes()
+        now = self._clock.now()
+        if self._last_purge is None or now - self._last_purge > timedelta(hours=1):
+            self._last_purge = now
+            await self._store.purge_payloads(now - PAYLOAD_RETENTION)

@@ -1,0 +1,302 @@
+"""Delivery on the real broker, store and sinks: duplicates, outages, refusals, poison, quiet hours."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from deploy.sinks import SmtpCatcher
+from services.notifications.domain.messages import MESSAGES, Category
+from shared.clock import FixedClock
+from shared.events import catalogue as c
+from shared.messaging.dead_letters import replay
+from tests.integration.helpers import eventually
+from tests.integration.notifications.conftest import PORTAL, Harness, StartNotifications, person
+from tests.unit.examples import DEALER, RING
+
+pytestmark = pytest.mark.integration
+
+
+def password_changed(who: dict[str, Any]) -> c.PasswordChanged:
+    return c.PasswordChanged(reason="reset", **who)
+
+
+def device_code(who: dict[str, Any], *, mobile: str | None = "+33612345678", code: str = "482913") -> c.DeviceCodeIssued:
+    return c.DeviceCodeIssued(
+        device_id="dev_1", channel="sms", mobile=mobile, code=c.DeviceCodeIssued.seal(RING, "code", code),
+        code_expires_at=datetime.now(UTC) + timedelta(minutes=10), **who,
+    )
+
+
+async def mail_to(harness: Harness, address: str, count: int = 1, timeout: float = 30) -> list[Any]:
+    return await eventually(lambda: (m := harness.sinks.mail.to(address)) and len(m) >= count and m, timeout,
+                            f"{count} email(s) to {address}")
+
+
+async def test_the_same_event_delivered_three_times_sends_one_email(notifications: StartNotifications, unique: str) -> None:
+    harness = await notifications()
+    jeanne = person(unique)
+    envelope = harness.wrap(password_changed(jeanne))
+
+    await harness.publish(envelope, envelope, envelope)
+    await harness.wait_handled("customer.password_changed", 3)
+    [mail] = await mail_to(harness, jeanne["email"])
+    await asyncio.sleep(1.0)  # time for a second email, were there to be one
+
+    assert len(harness.sinks.mail.to(jeanne["email"])) == 1
+    assert mail.subject == "Votre mot de passe Leaseline a été modifié"
+    [delivery] = await harness.deliveries_of(jeanne["customer_id"])
+    assert (delivery["status"], delivery["attempts"], delivery["channel"]) == ("sent", 1, "email")
+    assert delivery["recipient"].startswith("j***@")  # staff see a masked address
+    sent = await eventually(lambda: harness.events_on("notification.sent"), 30, "notification.sent")
+    assert [e["data"]["source_event_id"] for e in sent] == [envelope.id]
+    assert sent[0]["causationid"] == envelope.id and sent[0]["correlationid"] == envelope.correlationid
+
+
+async def test_messages_sent_while_the_smtp_server_is_down_arrive_once_when_it_returns(
+    notifications: StartNotifications, unique: str
+) -> None:
+    harness = await notifications(delivery_max_attempts=30, delivery_backoff_initial_s=0.5, delivery_backoff_max_s=3)
+    catcher = harness.sinks.mail
+    port = catcher.port
+    await catcher.stop()
+    down_since = time.monotonic()
+    people = [person(unique, f"p{i}") for i in range(6)]
+    await harness.publish(*(password_changed(p) for p in people))
+
+    async def all_retrying() -> bool:
+        for p in people:
+            found = await harness.deliveries_of(p["customer_id"])
+            if not found or found[0]["attempts"] < 1:
+                return False
+        return True
+
+    await eventually(all_retrying, 30, "every delivery failed once and waits for a retry")
+    await asyncio.sleep(max(0.0, 20 - (time.monotonic() - down_since)))
+    assert catcher.received == 0
+    back = await SmtpCatcher(harness.sinks.directory / "mail", port=port).start()
+    try:
+        await eventually(lambda: back.received >= len(people), 30, "every message after the server returned")
+        await asyncio.sleep(2.0)
+        recipients = sorted(r for m in back.messages for r in m.rcpt_tos)
+        assert recipients == sorted(p["email"] for p in people), "each message exactly once"
+        assert len({m.parsed()["Message-ID"] for m in back.messages}) == len(people)
+        for p in people:
+            [delivery] = await harness.deliveries_of(p["customer_id"])
+            assert delivery["status"] == "sent" and delivery["attempts"] >= 2
+            assert delivery["history"][0]["outcome"] == "transient"
+    finally:
+        await back.stop()
+
+
+async def test_an_invalid_number_is_recorded_and_the_code_goes_by_email(notifications: StartNotifications, unique: str) -> None:
+    harness = await notifications()
+    harness.sinks.sms.fail(status=400, code=21211)
+    jeanne = person(unique)
+    [envelope] = await harness.publish(device_code(jeanne, code="730215"))
+
+    [mail] = await mail_to(harness, jeanne["email"])
+    assert "730215" in mail.text() and "730215" in mail.subject
+    assert harness.sinks.sms.messages == []
+    email, sms = await eventually(lambda: _deliveries(harness, jeanne, 2), 30, "both deliveries recorded")
+    assert (sms["channel"], sms["status"], sms["permanent"]) == ("sms", "failed", True)
+    assert "21211" in sms["reason"] and sms["fallback_id"] == email["id"]
+    assert (email["channel"], email["status"], email["fallback_of"]) == ("email", "sent", sms["id"])
+    failed = await eventually(lambda: harness.events_on("notification.failed"), 30, "notification.failed")
+    assert failed[0]["data"]["fallback_notification_id"] == email["id"]
+    assert failed[0]["data"]["source_event_id"] == envelope.id and failed[0]["data"]["permanent"] is True
+
+
+async def _deliveries(harness: Harness, who: dict[str, Any], count: int) -> list[dict[str, Any]] | None:
+    found = await harness.deliveries_of(who["customer_id"])
+    return found if len(found) == count and all(d["status"] in ("sent", "failed") for d in found) else None
+
+
+async def test_a_rate_limited_sms_is_retried_and_delivered_once(notifications: StartNotifications, unique: str) -> None:
+    harness = await notifications()
+    harness.sinks.sms.fail(status=429, code=20429, times=1)
+    jeanne = person(unique)
+    await harness.publish(device_code(jeanne, mobile="+33698765432", code="118822"))
+
+    await eventually(lambda: harness.sinks.sms.messages, 30, "the SMS")
+    await asyncio.sleep(1.0)
+    [sms] = harness.sinks.sms.messages
+    assert sms.to == "+33698765432" and "118822" in sms.body
+    assert harness.sinks.mail.to(jeanne["email"]) == []
+    assert harness.sinks.sms.state.requests == 2
+    [delivery] = await eventually(lambda: _deliveries(harness, jeanne, 1), 30, "the delivery finished")
+    assert (delivery["status"], delivery["attempts"], delivery["provider_id"]) == ("sent", 2, sms.sid)
+
+
+async def test_poison_events_are_parked_with_their_reason_and_the_next_ones_still_go(
+    notifications: StartNotifications, unique: str
+) -> None:
+    harness = await notifications()
+    jeanne, bruno = person(unique), person(unique, "bruno")
+    stranger = c.CustomerRegistered(
+        customer_id=bruno["customer_id"], email=bruno["email"], first_name="Bruno", locale="fr-BE", last_name="Dumont",
+        terms_version="BE-2026-01", activation_expires_at=datetime.now(UTC) + timedelta(hours=72),
+        activation_token="sealed:v1:retired-key:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    )
+    good = harness.wrap(password_changed(jeanne))
+    invalid = json.loads(good.to_bytes())
+    invalid["data"].pop("email")
+    key = jeanne["customer_id"].encode()
+    await harness.publish(
+        ("customer.password_changed", key, b"\x00 not json"),
+        ("customer.password_changed", key, json.dumps(invalid).encode()),
+        stranger,
+        good,
+    )
+
+    await mail_to(harness, jeanne["email"])
+    parked = await harness.parked("customer.password_changed", 2)
+    assert [p.headers["dlq-reason-kind"] for p in parked] == ["undecodable", "schema"]
+    assert "email" in parked[1].reason
+    [sealed] = await harness.parked("customer.registered")
+    assert sealed.headers["dlq-reason-kind"] == "handler_rejected"
+    assert "cannot open a sealed field" in sealed.reason and "retired-key" in sealed.reason
+    assert harness.sinks.mail.to(bruno["email"]) == []
+
+
+async def test_a_message_that_never_gets_through_is_failed_parked_and_sent_after_a_replay(
+    notifications: StartNotifications, unique: str
+) -> None:
+    harness = await notifications(delivery_max_attempts=3, delivery_backoff_initial_s=0.1, delivery_backoff_max_s=0.2)
+    harness.sinks.mail.fail(451, "Mailbox busy", times=3)
+    jeanne = person(unique)
+    [envelope] = await harness.publish(password_changed(jeanne))
+
+    [delivery] = await eventually(lambda: _deliveries(harness, jeanne, 1), 30, "the delivery given up")
+    assert (delivery["status"], delivery["attempts"], delivery["permanent"], delivery["parked"]) == ("failed", 3, False, True)
+    assert "gave up after 3 attempts" in delivery["reason"] and "451" in delivery["reason"]
+    [parked] = await harness.parked("customer.password_changed")
+    assert parked.headers["dlq-reason-kind"] == "delivery_failed" and "451" in parked.reason
+    assert json.loads(parked.value)["id"] == envelope.id
+    failed = await eventually(lambda: harness.events_on("notification.failed"), 30, "notification.failed")
+    assert failed[0]["data"]["permanent"] is False and failed[0]["data"]["attempts"] == 3
+
+    assert await replay(harness.settings.kafka_bootstrap_servers, harness.topic("customer.password_changed")) == 1
+    [mail] = await mail_to(harness, jeanne["email"])
+    [delivery] = await eventually(lambda: _sent(harness, jeanne), 30, "the re-opened delivery sent")
+    assert delivery["id"] == failed[0]["data"]["notification_id"], "the same delivery, re-opened"
+
+
+async def _sent(harness: Harness, who: dict[str, Any]) -> list[dict[str, Any]] | None:
+    found = await harness.deliveries_of(who["customer_id"])
+    return found if found and all(d["status"] == "sent" for d in found) else None
+
+
+async def test_a_reminder_waits_for_the_end_of_quiet_hours_but_a_code_does_not(
+    notifications: StartNotifications, unique: str
+) -> None:
+    late_in_paris = datetime(2026, 11, 22, 21, 30, tzinfo=UTC)  # 22:30 in Paris
+    clock = FixedClock(late_in_paris)
+    harness = await notifications(clock=clock)
+    jeanne = person(unique)
+    reminder = c.AppointmentReminderDue(
+        appointment_id="apt_9", contract_number="FR-LOA-0042", mobile="+33611112222", dealer=DEALER,
+        starts_at=datetime(2026, 11, 23, 13, 0, tzinfo=UTC), time_zone="Europe/Paris", **jeanne,
+    )
+    code = c.DeviceCodeIssued(device_id="dev_2", channel="sms", mobile="+33633334444",
+                              code=c.DeviceCodeIssued.seal(RING, "code", "555111"),
+                              code_expires_at=late_in_paris + timedelta(minutes=10), **jeanne)
+    await harness.publish(reminder, code)
+
+    await eventually(lambda: [m for m in harness.sinks.sms.messages if m.to == "+33633334444"], 30, "the code at once")
+    await harness.wait_handled("appointment.reminder_due", 1)
+    await asyncio.sleep(1.0)
+    assert [m.to for m in harness.sinks.sms.messages] == ["+33633334444"]
+    waiting = next(d for d in await harness.deliveries_of(jeanne["customer_id"]) if d["template"] == "appointment_reminder")
+    assert waiting["status"] == "queued"
+    assert datetime.fromisoformat(waiting["next_attempt_at"]) == datetime(2026, 11, 23, 7, 0, tzinfo=UTC)
+
+    clock.set(datetime(2026, 11, 23, 7, 0, 1, tzinfo=UTC))  # 08:00:01 in Paris
+    harness.service.worker.wake()
+    reminded = await eventually(lambda: [m for m in harness.sinks.sms.messages if m.to == "+33611112222"], 30,
+                                "the reminder at eight")
+    assert "23 novembre 2026 à 14 h 00" in reminded[0].body
+
+
+async def test_marketing_goes_only_with_consent_and_carries_an_unsubscribe_link(
+    notifications: StartNotifications, unique: str
+) -> None:
+    as_marketing = tuple(replace(s, category=Category.MARKETING) if s.template == "lease_end_decision" else s
+                         for s in MESSAGES)
+    harness = await notifications(messages=as_marketing)
+    agreed, silent = person(unique, "agathe"), person(unique, "simon")
+    now = datetime.now(UTC)
+    await harness.publish(c.ConsentGiven(customer_id=agreed["customer_id"], purpose="marketing", channel="email",
+                                         given_at=now, proof="form:newsletter-v3"))
+    await harness.wait_handled("consent.given", 1)
+
+    def letter(who: dict[str, Any]) -> c.ContractNearingEnd:
+        return c.ContractNearingEnd(contract_number=f"FR-{who['customer_id']}", milestone="decision_6_months",
+                                    end_date=datetime(2027, 5, 31).date(), vehicle_model="Megane E-Tech", **who)
+
+    await harness.publish(letter(agreed), letter(silent))
+    [mail] = await mail_to(harness, agreed["email"])
+    await harness.wait_handled("contract.nearing_end", 2)
+    await asyncio.sleep(1.0)
+    assert harness.sinks.mail.to(silent["email"]) == []
+    assert mail.parsed()["List-Unsubscribe"] == f"<{PORTAL}/preferences/communications?channel=email>"
+    assert "Se désinscrire" in mail.html()
+
+    await harness.publish(c.ConsentWithdrawn(customer_id=agreed["customer_id"], purpose="marketing", channel="email",
+                                             withdrawn_at=now + timedelta(seconds=1)))
+    await harness.wait_handled("consent.withdrawn", 1)
+    await harness.publish(letter(agreed))
+    await harness.wait_handled("contract.nearing_end", 3)
+    await asyncio.sleep(1.0)
+    assert len(harness.sinks.mail.to(agreed["email"])) == 1
+
+
+async def test_a_code_by_sms_reaches_the_number_known_from_the_customers_details(
+    notifications: StartNotifications, unique: str
+) -> None:
+    harness = await notifications()
+    jeanne = person(unique)
+    await harness.publish(c.CustomerDetailsChanged(customer_id=jeanne["customer_id"], email=jeanne["email"],
+                                                   first_name="Jeanne", last_name="Martin", locale="nl-BE",
+                                                   mobile="+32470555666"))
+    await harness.wait_handled("customer.details_changed", 1)
+    await harness.publish(device_code(jeanne, mobile=None, code="909090"))
+
+    [sms] = await eventually(lambda: harness.sinks.sms.messages, 30, "the SMS")
+    assert sms.to == "+32470555666" and "909090" in sms.body
+
+
+class Stuck:
+    """An email transport whose server accepts the connection and then never answers."""
+
+    def __init__(self) -> None:
+        self.called = asyncio.Event()
+
+    async def send(self, sender: str, recipient: str, message: bytes) -> str:
+        self.called.set()
+        await asyncio.sleep(3600)
+        return ""
+
+
+async def test_a_delivery_abandoned_by_a_sender_that_died_is_sent_by_the_next_one(
+    notifications: StartNotifications, unique: str
+) -> None:
+    stuck = Stuck()
+    first = await notifications(email=stuck, delivery_lease_s=2)
+    jeanne = person(unique)
+    await first.publish(password_changed(jeanne))
+    await asyncio.wait_for(stuck.called.wait(), 30)
+    await first.service.runtime.stop()  # dies in the middle of sending
+
+    second = await notifications(delivery_lease_s=2)
+    [mail] = await mail_to(second, jeanne["email"])
+    await asyncio.sleep(1.0)
+    assert len(second.sinks.mail.to(jeanne["email"])) == 1
+    [delivery] = await second.deliveries_of(jeanne["customer_id"])
+    assert delivery["status"] == "sent"

@@ -1,0 +1,158 @@
+"""The provider adapters against the local sinks: what they send, and how they sort refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deploy.sinks import SmtpCatcher, TwilioSink
+from deploy.sinks.__main__ import main as sinks_main
+from services.notifications.adapters.smtp import SmtpPool
+from services.notifications.adapters.twilio_sms import TwilioSms
+from services.notifications.domain.retries import PermanentFailure, TransientFailure
+
+pytestmark = pytest.mark.integration
+
+SID = "AC" + "1" * 32
+MESSAGE = b"From: a@leaseline.example\r\nTo: b@example.fr\r\nSubject: hi\r\n\r\nbody\r\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_the_smtp_pool_reuses_a_few_connections_for_many_messages(tmp_path: Path) -> None:
+    async with SmtpCatcher(tmp_path, port=0) as catcher:
+        pool = SmtpPool("127.0.0.1", catcher.port, size=3)
+        await asyncio.gather(*(pool.send("a@leaseline.example", f"b{i}@example.fr", MESSAGE) for i in range(30)))
+        await pool.close()
+    assert catcher.received == 30
+    assert pool.connections_opened == 3
+    assert len(list(tmp_path.glob("*.eml"))) == 30
+
+
+async def test_the_smtp_pool_reconnects_after_the_server_went_away(tmp_path: Path) -> None:
+    catcher = await SmtpCatcher(tmp_path, port=0).start()
+    pool = SmtpPool("127.0.0.1", catcher.port, size=1)
+    await pool.send("a@leaseline.example", "b@example.fr", MESSAGE)
+    await catcher.stop()
+    with pytest.raises(TransientFailure, match="SMTP connection"):
+        await pool.send("a@leaseline.example", "b@example.fr", MESSAGE)
+    catcher = await SmtpCatcher(tmp_path, port=catcher.port).start()
+    try:
+        await pool.send("a@leaseline.example", "b@example.fr", MESSAGE)
+    finally:
+        await pool.close()
+        await catcher.stop()
+    assert catcher.received == 1 and pool.connections_opened == 2
+
+
+async def test_smtp_replies_are_sorted_into_retry_later_and_give_up(tmp_path: Path) -> None:
+    async with SmtpCatcher(None, port=0) as catcher:
+        pool = SmtpPool("127.0.0.1", catcher.port, size=1)
+        catcher.fail(451, "Greylisted, try later")
+        with pytest.raises(TransientFailure, match="451"):
+            await pool.send("a@leaseline.example", "b@example.fr", MESSAGE)
+        catcher.fail(550, "No such mailbox")
+        with pytest.raises(PermanentFailure, match="550"):
+            await pool.send("a@leaseline.example", "b@example.fr", MESSAGE)
+        await pool.send("a@leaseline.example", "b@example.fr", MESSAGE)  # the connection survived both
+        await pool.close()
+    assert catcher.received == 1 and pool.connections_opened == 1
+    nobody = SmtpPool("127.0.0.1", free_port(), size=1, timeout_s=2)
+    with pytest.raises(TransientFailure):
+        await nobody.send("a@leaseline.example", "b@example.fr", MESSAGE)
+
+
+async def test_the_official_twilio_client_sends_through_the_sink(tmp_path: Path) -> None:
+    async with TwilioSink(tmp_path, auth_token="secret") as sink:
+        sms = TwilioSms(account_sid=SID, auth_token="secret", from_number="+15005550006", base_url=sink.base_url)
+        await sms.start()
+        sid = await sms.send("+33612345678", "Leaseline : votre code est 123456.")
+        await sms.close()
+    assert sid.startswith("SM") and len(sid) == 34
+    [stored] = sink.messages
+    assert (stored.to, stored.from_, stored.body, stored.sid) == ("+33612345678", "+15005550006",
+                                                                  "Leaseline : votre code est 123456.", sid)
+    row = json.loads((tmp_path / "messages.jsonl").read_text())
+    assert row["sid"] == sid and row["from"] == "+15005550006"
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "kind"),
+    [(400, 21211, PermanentFailure), (400, 21610, PermanentFailure), (429, 20429, TransientFailure),
+     (500, 20500, TransientFailure), (503, 30001, TransientFailure)],
+)
+async def test_twilio_errors_are_sorted_by_status_and_code(status: int, code: int, kind: type) -> None:
+    async with TwilioSink() as sink:
+        sink.fail(status=status, code=code)
+        sms = TwilioSms(account_sid=SID, auth_token="t", from_number="+15005550006", base_url=sink.base_url)
+        with pytest.raises(kind) as raised:
+            await sms.send("+33612345678", "hello")
+        assert raised.value.code == str(code)
+        assert await sms.send("+33612345678", "hello")  # the next request goes through
+        await sms.close()
+
+
+async def test_twilio_unreachable_or_too_slow_is_worth_a_retry() -> None:
+    unreachable = TwilioSms(account_sid=SID, auth_token="t", from_number="+1500", base_url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(TransientFailure, match="unreachable"):
+        await unreachable.send("+33612345678", "hello")
+    await unreachable.close()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    slow = TwilioSms(account_sid=SID, auth_token="t", from_number="+1500", base_url=f"http://127.0.0.1:{port}",
+                     timeout_s=0.5)
+    try:
+        with pytest.raises(TransientFailure):
+            await slow.send("+33612345678", "hello")
+    finally:
+        await slow.close()
+        server.close()
+
+
+async def test_the_twilio_sink_speaks_twilios_error_format_and_can_be_told_to_fail() -> None:
+    async with TwilioSink(auth_token="secret") as sink, httpx.AsyncClient(base_url=sink.base_url) as http:
+        url = f"/2010-04-01/Accounts/{SID}/Messages.json"
+        anonymous = await http.post(url, data={"To": "+33612345678", "From": "+1500", "Body": "x"})
+        assert anonymous.status_code == 401 and anonymous.json()["code"] == 20003
+        bad = await http.post(url, data={"To": "0612", "From": "+1500", "Body": "x"}, auth=(SID, "secret"))
+        assert bad.status_code == 400
+        assert bad.json() == {"code": 21211, "message": "The 'To' number 0612 is not a valid phone number.",
+                              "more_info": "https://www.twilio.com/docs/errors/21211", "status": 400}
+        control = await http.post("/_control/fail", json={"status": 400, "code": 21610, "times": 1})
+        assert control.json() == {"pending_failures": 1}
+        refused = await http.post(url, data={"To": "+33612345678", "From": "+1500", "Body": "x"}, auth=(SID, "secret"))
+        assert refused.json()["code"] == 21610
+        created = await http.post(url, data={"To": "+33612345678", "From": "+1500", "Body": "x"}, auth=(SID, "secret"))
+        assert created.status_code == 201 and created.json()["status"] == "queued"
+        fetched = await http.get(f"/2010-04-01/Accounts/{SID}/Messages/{created.json()['sid']}.json", auth=(SID, "secret"))
+        assert fetched.json()["sid"] == created.json()["sid"]
+
+
+async def test_the_inbox_lists_what_the_sinks_received_newest_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async with SmtpCatcher(tmp_path / "mail", port=0) as catcher, TwilioSink(tmp_path / "sms") as sink:
+        pool = SmtpPool("127.0.0.1", catcher.port, size=1)
+        await pool.send("a@leaseline.example", "b@example.fr",
+                        b"From: a@leaseline.example\r\nTo: b@example.fr\r\nSubject: Activez votre compte\r\n\r\n"
+                        b"https://portal.leaseline.example/activate?token=abc\r\n")
+        await pool.close()
+        await asyncio.sleep(0.01)
+        sms = TwilioSms(account_sid=SID, auth_token="t", from_number="+1500", base_url=sink.base_url)
+        await sms.send("+33612345678", "Leaseline : votre code est 123456.")
+        await sms.close()
+    assert sinks_main(["--dir", str(tmp_path), "inbox"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("+33612345678") < out.index("b@example.fr"), "newest first"
+    assert "Activez votre compte" in out and "https://portal.leaseline.example/activate?token=abc" in out

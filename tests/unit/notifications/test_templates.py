@@ -1,0 +1,239 @@
+"""Every message renders in every locale, with realistic data, nothing left unfilled."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from email import policy
+from email.parser import BytesParser
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from services.notifications.adapters.email_message import Sender, build_email
+from services.notifications.adapters.templates import TEMPLATES_DIR, TemplateError, TemplateRenderer
+from services.notifications.domain.locales import LOCALES
+from services.notifications.domain.messages import MessageTable
+from services.notifications.domain.sms import segments
+from services.notifications.service_layer.recording import opened
+from shared.events import catalogue as c
+from tests.unit.examples import RING, example_events
+
+PORTAL = "https://portal.leaseline.example"
+TABLE = MessageTable()
+RENDERER = TemplateRenderer(portal_base_url=PORTAL, default_time_zone="Europe/Paris")
+LEFTOVER = re.compile(r"\{\{|\}\}|\{%|%\}|\bNone\b|\bundefined\b")
+
+
+def variants() -> list[c.Event]:
+    """The examples, plus one event for each branch the templates take."""
+    events = {e.event_type: e for e in example_events()}
+    more: list[c.Event] = list(events.values())
+
+    def like(event_type: str, **changes: Any) -> c.Event:
+        event = events[event_type]
+        return type(event).model_validate(event.model_dump() | changes)
+
+    more += [
+        like("contract.nearing_end", milestone="return_3_weeks", plate=None),
+        like("customer.password_changed", reason="changed"),
+        like("customer.password_changed", reason="forced_change"),
+        like("customer.account_locked", locked_until=None),
+        like("customer.account_unlocked", unlocked_by="adm_42"),
+        like("customer.access_ended", reason="terms_rejected"),
+        like("customer.access_ended", reason="closed_by_administrator"),
+        like("appointment.booked", booked_by="customer"),
+        like("appointment.cancelled", reason="customer_request", travel_fee_charged=None),
+        like("appointment.cancelled", reason="dealer_unavailable", travel_fee_charged=None),
+        like("inspection.completed", signed_by_customer=False, currency="CAD"),
+        like("terms.accepted", how="portal"),
+        like("privacy_request.completed", outcome="partially_fulfilled", explanation_url="https://portal.example.com/x"),
+        like("privacy_request.completed", outcome="refused"),
+        like("device.authorised", remembered=False),
+        like("customer.device_code_issued", channel="email"),
+    ]
+    for role in ("garage", "salesperson", "administrator"):
+        more.append(like("organisation_user.invited", role=role))
+    for kind in ("rectification", "erasure", "portability", "objection", "restriction"):
+        more.append(like("privacy_request.received", kind=kind))
+    return more
+
+
+def renderings() -> list[tuple[str, str, str, c.Event]]:
+    cases = []
+    for event in variants():
+        data = event.model_dump()
+        for spec in TABLE.for_event(event.event_type, data):
+            for channel in sorted(TABLE.channels_of(spec)):
+                for locale in LOCALES:
+                    cases.append((spec.template, channel, locale, event))
+    return cases
+
+
+CASES = renderings()
+
+
+def render(template: str, channel: str, locale: str, event: c.Event) -> Any:
+    data = opened(event, RING)
+    spec = next(s for s in TABLE.for_event(event.event_type, data) if s.template == template)
+    link = spec.link.build(PORTAL, data) if spec.link else None
+    context = RENDERER.context(data, locale, link)
+    if channel == "sms":
+        return RENDERER.sms(template, locale, context)
+    return RENDERER.email(template, locale, context)
+
+
+def test_every_message_of_the_table_is_rendered_by_these_cases() -> None:
+    rendered = {(t, ch) for t, ch, _, _ in CASES}
+    expected = {(spec.template, ch) for spec in TABLE.specs for ch in TABLE.channels_of(spec)}
+    assert expected <= rendered
+
+
+@pytest.mark.parametrize(("template", "channel", "locale", "event"), CASES,
+                         ids=[f"{t}.{ch}-{loc}-{i}" for i, (t, ch, loc, _) in enumerate(CASES)])
+def test_a_message_renders_completely(template: str, channel: str, locale: str, event: c.Event) -> None:
+    message = render(template, channel, locale, event)
+    texts = [message.text] if channel == "sms" else [message.subject, message.text, message.html]
+    for text in texts:
+        assert text.strip()
+        assert not LEFTOVER.search(text), f"placeholder or missing value left in: {text[:300]}"
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_codes_fit_in_one_sms_segment_and_other_texts_in_three(locale: str) -> None:
+    for template, channel, case_locale, event in CASES:
+        if channel != "sms" or case_locale != locale:
+            continue
+        sms = render(template, channel, locale, event)
+        counted = segments(sms.text)
+        limit = 1 if template in {"device_code", "registration_code"} else 3
+        assert counted.count <= limit, (template, locale, counted, sms.text)
+
+
+def test_a_code_sms_with_accents_still_fits_one_gsm_segment() -> None:
+    event = next(e for e in example_events() if e.event_type == "customer.device_code_issued")
+    sms = render("device_code", "sms", "fr-CA", event)
+    assert "123456" in sms.text
+    assert sms.segments.encoding == "GSM-7" and sms.segments.count == 1
+
+
+def test_activation_and_reset_links_are_absolute_and_carry_the_unsealed_token_url_encoded() -> None:
+    token = "rec_42.Zx+/=&?"  # characters that must be escaped in a query string
+    registered = c.CustomerRegistered.model_validate(
+        next(e for e in example_events() if e.event_type == "customer.registered").model_dump()
+        | {"activation_token": c.CustomerRegistered.seal(RING, "activation_token", token)}
+    )
+    reset = c.PasswordResetRequested.model_validate(
+        next(e for e in example_events() if e.event_type == "customer.password_reset_requested").model_dump()
+        | {"reset_token": c.PasswordResetRequested.seal(RING, "reset_token", token)}
+    )
+    for event, path in ((registered, "/activate"), (reset, "/reset-password")):
+        template = "activation" if path == "/activate" else "password_reset"
+        email = render(template, "email", "nl-BE", event)
+        links = [u for u in re.findall(r"https?://\S+", email.text) if urlsplit(u).path == path]
+        assert links, email.text
+        url = urlsplit(links[0])
+        assert f"{url.scheme}://{url.netloc}" == PORTAL
+        assert parse_qs(url.query) == {"token": [token]}
+        assert f'href="{links[0].replace("&", "&amp;")}"' in email.html
+
+
+def test_regional_wording_overrides_the_language_base() -> None:
+    booked = next(e for e in example_events() if e.event_type == "appointment.booked")
+    assert "kentekencard" in render("appointment_confirmation", "email", "nl-NL", booked).text
+    assert "inschrijvingsbewijs" in render("appointment_confirmation", "email", "nl-BE", booked).text
+    assert "carte grise" in render("appointment_confirmation", "email", "fr-FR", booked).text
+    assert "carte grise" not in render("appointment_confirmation", "email", "fr-BE", booked).text
+    assert "texto" in render("appointment_confirmation", "email", "fr-CA", booked).text
+    invoice = next(e for e in example_events() if e.event_type == "invoice.issued")
+    assert "Montant HT" in render("invoice", "email", "fr-FR", invoice).text
+    assert "avant taxes" in render("invoice", "email", "fr-CA", invoice).text
+
+
+@pytest.mark.parametrize("locale", [loc for loc in LOCALES if loc != "en"])
+def test_no_french_or_dutch_customer_ever_gets_english_wording(locale: str) -> None:
+    for template, channel in {(spec.template, ch) for spec in TABLE.specs for ch in TABLE.channels_of(spec)}:
+        blocks = ("text",) if channel == "sms" else ("subject", "body") + (("action",) if any(
+            s.link for s in TABLE.specs if s.template == template) else ())
+        for block in blocks:
+            source = RENDERER.source_of(f"{template}.{channel}", block, locale)
+            assert source is not None and not source.startswith("en/"), (template, channel, block, locale, source)
+    for block in ("greeting", "signature", "footer", "marketing_footer", "unsubscribe", "link_hint"):
+        source = RENDERER.source_of("_common", block, locale)
+        assert source is not None and not source.startswith("en/")
+
+
+def test_every_template_file_belongs_to_a_message_of_the_table() -> None:
+    known = {f"{spec.template}.{ch}.j2" for spec in TABLE.specs for ch in TABLE.channels_of(spec)}
+    known |= {"_common.j2", "_words.j2"}
+    files = {p.name for p in TEMPLATES_DIR.glob("*/*.j2")}
+    assert files <= known, files - known
+
+
+def test_money_and_dates_are_written_the_way_each_locale_writes_them() -> None:
+    invoice = next(e for e in example_events() if e.event_type == "invoice.issued")
+    big = c.InvoiceIssued.model_validate(invoice.model_dump() | {"amount_incl_vat": "1234.56"})
+    assert "1\u202f234,56\u00a0€" in render("invoice", "email", "fr-FR", big).text
+    assert "€\u00a01.234,56" in render("invoice", "email", "nl-NL", big).text
+    assert "€1,234.56" in render("invoice", "email", "en", big).text
+    assert "30 décembre 2026" in render("invoice", "email", "fr-BE", big).text
+    assert "30 december 2026" in render("invoice", "email", "nl-BE", big).text
+
+
+def test_times_are_shown_in_the_recipients_zone() -> None:
+    code = next(e for e in example_events() if e.event_type == "customer.device_code_issued")  # 09:40 UTC
+    assert "10 h 40" in render("device_code", "sms", "fr-FR", code).text  # Paris, winter
+    assert "4 h 40" in render("device_code", "sms", "fr-CA", code).text  # Toronto
+    assert "10.40 uur" in render("device_code", "sms", "nl-BE", code).text
+
+
+def test_html_escapes_what_people_typed_and_the_text_part_keeps_it_verbatim() -> None:
+    replied = next(e for e in example_events() if e.event_type == "secure_message.replied")
+    hostile = c.SecureMessageReplied.model_validate(
+        replied.model_dump() | {"topic": '<script>alert("x")</script>', "first_name": "Anne & <b>Bo</b>"}
+    )
+    email = render("secure_message_reply", "email", "en", hostile)
+    assert "<script>" not in email.html and "&lt;script&gt;" in email.html
+    assert "<b>Bo</b>" not in email.html and "Anne &amp; &lt;b&gt;Bo&lt;/b&gt;" in email.html
+    assert '<script>alert("x")</script>' in email.text
+
+
+def test_a_missing_value_is_an_error_not_a_blank() -> None:
+    with pytest.raises(TemplateError):
+        RENDERER.email("activation", "fr-FR", {"locale": "fr-FR", "zone": None, "words": RENDERER.words("fr-FR"),
+                                                "link": "https://x", "portal_url": PORTAL})
+
+
+def test_the_email_is_multipart_with_the_headers_mail_systems_expect() -> None:
+    event = next(e for e in example_events() if e.event_type == "customer.registered")
+    content = render("activation", "email", "fr-FR", event)
+    sent_at = datetime(2026, 11, 22, 9, 30, tzinfo=UTC)
+    raw = build_email(delivery_id="ntf_abc", sender=Sender.parse("Leaseline <no-reply@leaseline.example>"),
+                      to_address="jeanne.martin@example.fr", to_name="Jeanne", subject=content.subject,
+                      text=content.text, html=content.html, date=sent_at, language="fr-FR")
+    message = BytesParser(policy=policy.default).parsebytes(raw)
+    assert message["Message-ID"] == "<ntf_abc@leaseline.example>"
+    assert message["Date"].datetime == sent_at
+    assert message["From"].addresses[0].addr_spec == "no-reply@leaseline.example"
+    assert message["To"].addresses[0].addr_spec == "jeanne.martin@example.fr"
+    assert str(message["Subject"]) == "Activez votre compte Leaseline"
+    assert message["List-Unsubscribe"] is None and message["Auto-Submitted"] == "auto-generated"
+    assert message.get_content_type() == "multipart/alternative"
+    assert message.get_body(("plain",)).get_content() == content.text
+    assert message.get_body(("html",)).get_content() == content.html
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+
+
+def test_a_non_ascii_subject_is_encoded_and_a_marketing_email_offers_to_unsubscribe() -> None:
+    raw = build_email(delivery_id="ntf_m", sender=Sender.parse("Leaseline <news@leaseline.example>"),
+                      to_address="a@example.be", to_name="Zoë\r\nBcc: evil@example.com", subject="Déjà vu – été",
+                      text="t", html="<p>h</p>", date=datetime(2026, 1, 1, tzinfo=UTC), language="nl-BE",
+                      unsubscribe_url="https://portal.leaseline.example/preferences/communications?channel=email")
+    head = raw.split(b"\r\n\r\n", 1)[0].decode("ascii")  # headers are 7-bit clean
+    assert "Subject: =?utf-8?" in head
+    assert not any(line.startswith("Bcc") for line in head.split("\r\n")), "a line break reached a header"
+    message = BytesParser(policy=policy.default).parsebytes(raw)
+    assert str(message["Subject"]) == "Déjà vu – été"
+    assert message["List-Unsubscribe"] == "<https://portal.leaseline.example/preferences/communications?channel=email>"
+    assert message["Auto-Submitted"] is None
