@@ -10,7 +10,10 @@ package main
 // was not enough (a few updates per thousand were still lost), so every command waits its turn.
 // SQLite admits one writer at a time anyway; this store is for local runs and tests only.
 // Handshakes and health checks skip the queue: a driver whose heartbeat waits behind a long write
-// declares the server lost and cancels everything in flight.
+// declares the server lost and cancels everything in flight. Cursor continuations (getMore,
+// killCursors) skip it too: an open cursor can hold SQLite's read lock that a queued write waits
+// for, and its getMore stuck behind that write would wait forever. Waiting for a turn is bounded,
+// so that nothing can stall the store for good.
 
 import (
 	"encoding/binary"
@@ -19,6 +22,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"time"
 )
 
 const (
@@ -28,11 +32,23 @@ const (
 
 var unqueued = map[string]bool{
 	"hello": true, "isMaster": true, "ismaster": true, "ping": true, "buildInfo": true, "buildinfo": true,
-	"endSessions": true, "saslStart": true, "saslContinue": true,
+	"endSessions": true, "saslStart": true, "saslContinue": true, "getMore": true, "killCursors": true,
 }
 
+const turnWait = 5 * time.Second
+
 // turn is held from the moment a command is forwarded until its reply comes back.
-var turn sync.Mutex
+var turn = make(chan struct{}, 1)
+
+func takeTurn(logger *slog.Logger) bool {
+	select {
+	case turn <- struct{}{}:
+		return true
+	case <-time.After(turnWait):
+		logger.Warn("a command waited too long for its turn; letting it through")
+		return false
+	}
+}
 
 func readMessage(r io.Reader) ([]byte, error) {
 	var header [4]byte
@@ -105,7 +121,7 @@ func proxyConnection(client net.Conn, upstream string, logger *slog.Logger) {
 	release := func() {
 		select {
 		case <-holding:
-			turn.Unlock()
+			<-turn
 		default:
 		}
 	}
@@ -137,8 +153,7 @@ func proxyConnection(client net.Conn, upstream string, logger *slog.Logger) {
 		if err != nil {
 			return
 		}
-		if !unqueued[commandName(msg)] {
-			turn.Lock()
+		if !unqueued[commandName(msg)] && takeTurn(logger) {
 			holding <- struct{}{}
 		}
 		if _, err = server.Write(msg); err != nil {
