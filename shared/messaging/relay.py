@@ -104,7 +104,10 @@ class OutboxRelay:
         await asyncio.gather(*(self._publish_document(doc) for doc in docs))
         if self.after_publish is not None:
             await self.after_publish()
-        await collection.bulk_write([self._mark_sent(doc) for doc in docs], ordered=False)
+        # FerretDB v1 never answers an update command of 100 or more statements: send chunks of 50.
+        marks = [self._mark_sent(doc) for doc in docs]
+        for start in range(0, len(marks), 50):
+            await collection.bulk_write(marks[start : start + 50], ordered=False)
         sent = sum(len(doc.get(OUTBOX, [])) for doc in docs)
         if self._metrics is not None:
             for doc in docs:
