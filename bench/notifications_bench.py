@@ -3,8 +3,9 @@
 - peak: emails per second from events published to Kafka until the SMTP server (the catcher, in
   this process) accepted them, for a burst of events published as fast as possible;
 - steady: p50/p99 of that same path (publish -> SMTP accepted) at half the peak rate;
-- backbone: how fast the shared consumer alone reads the same events (a handler doing nothing), so
-  the two figures can be compared on this machine.
+- backbone: how fast the shared consumer alone reads the same events, with a handler doing nothing
+  (the raw consume rate), and with the smallest idempotent handler (one store insert per event),
+  so the figures can be compared on this machine.
 
 The service runs in this process with its production code path: consumer, recording, delivery
 worker, SMTP pool, outcome batches through the outbox relay. Logging is left at WARNING.
@@ -30,6 +31,8 @@ from shared.events import Envelope, PasswordChanged
 from shared.messaging import Delivery
 from shared.runtime.service import ServiceRuntime
 from shared.settings import ServiceSettings
+from shared.storage import DocumentStore
+from shared.storage.mongo import is_duplicate_key
 
 PEAK_EVENTS = int(os.environ.get("NOTIFICATIONS_BENCH_EVENTS", "6000"))
 STEADY_SECONDS = float(os.environ.get("NOTIFICATIONS_BENCH_STEADY_S", "15"))
@@ -112,12 +115,11 @@ async def measure(kafka_bootstrap: str, mongodb_uri: str) -> dict[str, Any]:
         # Steady: half the peak, paced every 20 ms; latency from publish to SMTP accepted.
         rate = peak / 2
         sent_at: dict[str, float] = {}
-        per_tick = max(1, round(rate * 0.02))
         ticks = int(STEADY_SECONDS / 0.02)
         begin = time.perf_counter()
         n = 0
         for tick in range(ticks):
-            for _ in range(per_tick):
+            for _ in range(int(rate * 0.02 * (tick + 1)) - n):  # exactly ``rate`` per second over time
                 event, email = changed(n, run + "s")
                 envelope = Envelope.wrap(event, source="bench", time=service.runtime.clock.now())
                 await producer.send(topic, envelope.to_bytes(), key=envelope.subject.encode())
@@ -139,6 +141,9 @@ async def measure(kafka_bootstrap: str, mongodb_uri: str) -> dict[str, Any]:
     backbone = await backbone_consume_rate(kafka_bootstrap, mongodb_uri, settings, topic, PEAK_EVENTS)
     results["backbone_consume_per_s"] = backbone
     results["share_of_backbone"] = results["peak_emails_per_s"] / backbone
+    idempotent = await backbone_consume_rate(kafka_bootstrap, mongodb_uri, settings, topic, PEAK_EVENTS, store=True)
+    results["backbone_idempotent_consume_per_s"] = idempotent
+    results["share_of_idempotent_backbone"] = results["peak_emails_per_s"] / idempotent
     results["events"] = PEAK_EVENTS
     results["target_emails_per_s_met"] = results["peak_emails_per_s"] >= TARGETS["emails_per_s"]
     results["target_share_met"] = results["share_of_backbone"] >= TARGETS["share_of_backbone"]
@@ -147,8 +152,10 @@ async def measure(kafka_bootstrap: str, mongodb_uri: str) -> dict[str, Any]:
 
 
 async def backbone_consume_rate(bootstrap: str, mongodb_uri: str, base: NotificationSettings, topic: str,
-                                count: int) -> float:
-    """The shared consumer alone, a handler that does nothing, over the events already published."""
+                                count: int, *, store: bool = False) -> float:
+    """The shared consumer alone over the events already published: a handler that does nothing
+    (the raw rate), or, with ``store``, the smallest idempotent handler the architecture allows
+    (one DocumentStore insert that records the event as applied)."""
     settings = ServiceSettings(
         service_name=f"bench-backbone-{uuid.uuid4().hex[:6]}", kafka_bootstrap_servers=bootstrap,
         mongodb_uri=mongodb_uri, mongodb_database=base.mongodb_database, topic_namespace=base.topic_namespace,
@@ -156,12 +163,19 @@ async def backbone_consume_rate(bootstrap: str, mongodb_uri: str, base: Notifica
     )
     runtime = ServiceRuntime(settings)
     consumer = runtime.consumer()
+    applied = DocumentStore(runtime.db, f"applied_{uuid.uuid4().hex[:6]}")
     seen: list[float] = []
 
-    async def nothing(event: PasswordChanged, delivery: Delivery) -> None:
+    async def handle(event: PasswordChanged, delivery: Delivery) -> None:
+        if store:
+            try:
+                await applied.create(delivery.event_id, {"customer_id": event.customer_id}, applied=delivery.event_id)
+            except Exception as error:
+                if not is_duplicate_key(error):
+                    raise
         seen.append(time.perf_counter())
 
-    consumer.add(PasswordChanged, nothing)
+    consumer.add(PasswordChanged, handle)
     await runtime.start()
     try:
         await _until(lambda: len(seen) >= count + 200, 600)

@@ -12,6 +12,7 @@ Tests are isolated by a topic namespace, database names and consumer groups uniq
 from __future__ import annotations
 
 import os
+import warnings
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -78,9 +79,12 @@ def unique() -> str:
 
 
 @pytest.fixture
-def settings(infra: Infrastructure, unique: str) -> ServiceSettings:
-    """Settings for a service under test: its own database and topic namespace."""
-    return ServiceSettings(
+async def settings(infra: Infrastructure, unique: str) -> AsyncIterator[ServiceSettings]:
+    """Settings for a service under test: its own database and topic namespace.
+
+    The namespace's topics are deleted at the end: a single-node broker keeping every test's few
+    dozen topics (and their dead-letter twins) runs out of heap after a few hundred tests."""
+    yield ServiceSettings(
         service_name="probe",
         kafka_bootstrap_servers=infra.kafka_bootstrap,
         mongodb_uri=infra.mongodb_uri,
@@ -92,6 +96,22 @@ def settings(infra: Infrastructure, unique: str) -> ServiceSettings:
         consumer_backoff_max_s=0.5,
         relay_idle_poll_s=0.05,
     )
+    await _delete_topics(infra.kafka_bootstrap, f"t{unique}.")
+
+
+async def _delete_topics(bootstrap: str, namespace: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        mine = [topic for topic in await admin.list_topics() if topic.startswith(namespace)]
+        if mine:
+            await admin.delete_topics(mine)
+    except Exception as error:  # cleanup only: a test does not fail for it, but it is not silent
+        warnings.warn(f"could not delete the topics of {namespace}: {error!r}", stacklevel=1)
+    finally:
+        await admin.close()
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ scans only small collections. On MongoDB the declared indexes serve every query 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
@@ -84,6 +85,7 @@ class InsertBatcher:
         self._max_wait = max_wait_s
         self._pending: list[tuple[dict[str, Any], asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._writes: set[asyncio.Task[None]] = set()  # held, so that none is collected mid-write
 
     async def insert(self, document: dict[str, Any]) -> bool:
         """True when inserted, False when a document with the same unique key exists."""
@@ -103,7 +105,9 @@ class InsertBatcher:
     def _flush_now(self) -> None:
         batch, self._pending = self._pending, []
         if batch:
-            asyncio.create_task(self._write(batch))
+            task = asyncio.create_task(self._write(batch))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
 
     async def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future[bool]]]) -> None:
         outcome: list[bool | BaseException] = [True] * len(batch)
@@ -111,10 +115,14 @@ class InsertBatcher:
             await self._collection.insert_many([doc for doc, _ in batch], ordered=False)
         except BulkWriteError as error:
             for write_error in error.details.get("writeErrors", []):
-                code = write_error.get("code")
-                duplicate = code == 11000 or "duplicate key" in str(write_error.get("errmsg", "")).lower()
-                outcome[write_error["index"]] = False if duplicate else RuntimeError(str(write_error.get("errmsg")))
-        except BaseException as error:  # the store is unreachable: every caller gets the error
+                message = str(write_error.get("errmsg", ""))
+                duplicate = write_error.get("code") == 11000 or "duplicate key" in message.lower()
+                outcome[write_error["index"]] = False if duplicate else OperationFailure(message, write_error.get("code"))
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as error:  # the store is unreachable: every caller gets the error
             outcome = [error] * len(batch)
         for (_, future), result in zip(batch, outcome, strict=True):
             if future.done():
@@ -141,12 +149,16 @@ class DeliveryStore:
     async def record(self, delivery: Delivery) -> bool:
         """Record a new delivery; False when its event was already handled.
 
-        The source event goes first, then the active document, then the ledger key: a crash in
-        between leaves a delivery that will be sent (and its key written then), never a key
-        without its delivery. A key already in the ledger means a duplicate, unless the delivery
-        had failed and its source event was parked: then this is a replay, and it is re-opened."""
-        await self._payload_inserts.insert(delivery.payload())  # already there: a re-opened one
-        if not await self._active_inserts.insert(delivery.to_document()):
+        The source event and the active document go first (together), then the ledger key: a
+        crash in between leaves a delivery that will be sent (and its key written then), never a
+        key without its delivery. A crash before both landed leaves the event uncommitted in Kafka:
+        it comes again and completes them. A key already in the ledger means a duplicate, unless
+        the delivery had failed and its source event was parked: a replay, and it is re-opened."""
+        _, inserted = await asyncio.gather(
+            self._payload_inserts.insert(delivery.payload()),  # False: kept from before, same event
+            self._active_inserts.insert(delivery.to_document()),
+        )
+        if not inserted:
             return False  # still active: recorded, not finished
         if await self._ledger_inserts.insert(ledger_key(delivery)):
             return True
@@ -171,7 +183,8 @@ class DeliveryStore:
     async def with_payload(self, delivery: Delivery) -> Delivery:
         """A delivery read from the active set, with its source event (to render it, or park it)."""
         payload = await self.payloads.find_one({"_id": delivery.id}) or {}
-        return replace(delivery, envelope=payload.get("envelope") or {}, origin=payload.get("origin") or {})
+        envelope = json.loads(payload["envelope"]) if payload.get("envelope") else {}
+        return replace(delivery, envelope=envelope, origin=payload.get("origin") or {})
 
     async def purge_payloads(self, older_than: datetime) -> int:
         result = await self.payloads.delete_many({"created_at": {"$lt": older_than}})

@@ -13,6 +13,8 @@ that case, never zero times: at least once, with the same Message-ID.
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from enum import Enum
@@ -126,7 +128,9 @@ class Delivery:
 
     def payload(self) -> dict[str, Any]:
         """The source event and where it was read: what rendering and parking need."""
-        return {"_id": self.id, "envelope": self.envelope, "origin": self.origin, "created_at": self.created_at}
+        # As JSON text: a store like FerretDB turns a nested document into SQL JSON field by field.
+        return {"_id": self.id, "envelope": json.dumps(self.envelope, separators=(",", ":")), "origin": self.origin,
+                "created_at": self.created_at}
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> "Delivery":

@@ -170,7 +170,7 @@ class DeliveryWorker:
                 continue
             await self._store.ensure_key(delivery)
             self._in_flight.add(delivery.id)
-            self._queue.put_nowait(await self._store.with_payload(leased))
+            await self._queue.put(await self._store.with_payload(leased))  # the poller may wait; never a worker
             claimed += 1
         return claimed
 
@@ -227,15 +227,15 @@ class DeliveryWorker:
         return None
 
     async def _fall_back(self, delivery: Delivery, reason: str) -> str | None:
-        """A permanent refusal on the first channel: the same message on the fallback channel."""
+        """A permanent refusal on the first channel: the same message on the fallback channel.
+        Recorded as due now and picked up by the poller at once (a worker never waits for room
+        in the queue it takes from)."""
         if not delivery.fallback_channel:
             return None
-        data = delivery.envelope.get("data", {})
-        recipient = address(delivery.fallback_channel, data, None)
+        recipient = address(delivery.fallback_channel, delivery.envelope.get("data", {}), None)
         if recipient is None:
             return None
         now = self._clock.now()
-        room = not self._queue.full()
         fallback = replace(
             delivery,
             id=delivery_id(delivery.source_event_id, delivery.fallback_channel, recipient),
@@ -248,13 +248,12 @@ class DeliveryWorker:
             status=Status.QUEUED,
             attempts=0,
             next_attempt_at=now,
-            lease_until=now + self._settings.lease if room else None,
+            lease_until=None,
             last_error=None,
             log=(),
         )
-        if await patiently(lambda: self._store.record(fallback), what="record fallback") and room:
-            self._in_flight.add(fallback.id)
-            self._queue.put_nowait(fallback)
+        await patiently(lambda: self._store.record(fallback), what="record fallback")
+        self.wake()
         return fallback.id
 
     async def _park(self, delivery: Delivery, reason: str, kind: str) -> bool:

@@ -10,6 +10,7 @@ a crash is recognised by consumers as one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from datetime import timedelta
@@ -50,44 +51,59 @@ def outcome_event(outcome: FinalOutcome) -> Event:
 
 
 class OutcomeLog:
+    """Collects final outcomes and writes them in batches, one batch at a time: when the store is
+    slow, outcomes pile up into bigger batches (fewer, larger writes) instead of more writes."""
+
     def __init__(self, store: DeliveryStore, clock: Clock, *, source: str, batch_max: int, flush_s: float) -> None:
-        self._last_purge: Any = None
         self._store = store
         self._clock = clock
         self._source = source
         self._batch_max = batch_max
         self._flush_s = flush_s
         self._pending: list[FinalOutcome] = []
-        self._timer: asyncio.Task[None] | None = None
-        self._writes: set[asyncio.Task[None]] = set()
+        self._arrived = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._last_purge: Any = None
 
     def add(self, outcome: FinalOutcome) -> None:
         self._pending.append(outcome)
-        if len(self._pending) >= self._batch_max:
-            self._write_pending()
-        elif self._timer is None:
-            self._timer = asyncio.create_task(self._flush_later())
+        self._arrived.set()
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_forever(), name="outcome-writer")
 
-    async def _flush_later(self) -> None:
-        await asyncio.sleep(self._flush_s)
-        self._timer = None
-        self._write_pending()
+    async def _write_forever(self) -> None:
+        while True:
+            await self._arrived.wait()
+            if len(self._pending) < self._batch_max:  # let a batch gather, unless it is full
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full(), timeout=self._flush_s)
+            await self._write_some()
 
-    def _write_pending(self) -> None:
-        batch, self._pending = self._pending, []
+    async def _full(self) -> None:
+        while len(self._pending) < self._batch_max:
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    async def _write_some(self) -> None:
+        batch, self._pending = self._pending[: self._batch_max], self._pending[self._batch_max :]
+        if not self._pending:
+            self._arrived.clear()
         if batch:
-            task = asyncio.create_task(self._write(batch))
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
+            try:
+                await self._write(batch)
+            except asyncio.CancelledError:
+                self._pending[:0] = batch  # written again by flush(): every step is idempotent
+                raise
 
     async def flush(self) -> None:
-        """Write what is pending and wait for every write in progress (tests, shutdown)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._write_pending()
-        if self._writes:
-            await asyncio.gather(*list(self._writes), return_exceptions=True)
+        """Write everything pending now (shutdown, tests)."""
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._writer
+            self._writer = None
+        while self._pending:
+            await self._write_some()
 
     async def _write(self, batch: list[FinalOutcome]) -> None:
         documents = [outcome.to_document() for outcome in batch]
@@ -101,8 +117,6 @@ class OutcomeLog:
         events = [self._envelope(outcome) for outcome in batch]
         state: dict[str, Any] = {"notifications": [o.delivery.id for o in batch], "created_at": self._clock.now()}
         try:
-            # Keep the outcome collection small, for the relay reads it whole on every pass.
-            await patiently(self._store.drop_relayed_outcomes, what="drop relayed outcomes")
             await patiently(lambda: self._store.outcomes.create(batch_id, state, events), what="store outcome events")
             await patiently(lambda: self._store.release([o.delivery.id for o in batch]), what="release deliveries")
         except Exception:  # their leases will end; recovery finds them finished and announces them again
