@@ -1,7 +1,11 @@
 """FerretDB (MongoDB wire protocol on SQLite), embedded in a small Go program built from source."""
 
 import hashlib
+import json
 import os
+import re
+import shutil
+import stat
 import time
 from pathlib import Path
 
@@ -10,11 +14,22 @@ from ._mongowire import hello
 from .profile import REPO_ROOT
 
 FERRETDB_SRC_DIR = REPO_ROOT / "deploy" / "ferretdb"
+#: Our fixes to FerretDB, applied (``patch -p1``) to a copy of its module before the build.
+PATCHES_DIR = FERRETDB_SRC_DIR / "patches"
 BINARY_NAME = "leaseline-ferretdb"
+FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
 
 _SOURCES = ("main.go", "go.mod", "go.sum")
 _READY_LINE = "leaseline-ferretdb ready"
 _GO_HINT = "install Go 1.24 or newer (https://go.dev/dl/); it is only needed once, to build FerretDB"
+_PATCH_HINT = "install GNU patch (e.g. `apt-get install patch`); it is only needed once, to build FerretDB"
+
+
+def _ferretdb_version() -> str:
+    match = re.search(rf"^require {re.escape(FERRETDB_MODULE)} (v\S+)$", (FERRETDB_SRC_DIR / "go.mod").read_text(), re.M)
+    if not match:
+        raise LocalInfraError(f"deploy/ferretdb/go.mod does not require {FERRETDB_MODULE} on a line of its own")
+    return match.group(1)
 
 
 class LocalFerretDB(ManagedProcess):
@@ -50,7 +65,8 @@ class LocalFerretDB(ManagedProcess):
 
     def _sources_digest(self) -> str:
         digest = hashlib.sha256()
-        for path in sorted(FERRETDB_SRC_DIR.glob("*.go")) + [FERRETDB_SRC_DIR / n for n in _SOURCES[1:]]:
+        sources = sorted(FERRETDB_SRC_DIR.glob("*.go")) + [FERRETDB_SRC_DIR / n for n in _SOURCES[1:]]
+        for path in sources + sorted(PATCHES_DIR.glob("*.patch")):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
         return digest.hexdigest()
 
@@ -69,12 +85,13 @@ class LocalFerretDB(ManagedProcess):
                 return
             go = require_tool("go", _GO_HINT)
             self.binary.parent.mkdir(parents=True, exist_ok=True)
+            modfile = self._patched_modfile(go)
             staging = self.binary.with_name(f"{BINARY_NAME}.tmp-{os.getpid()}")
             # -buildvcs=false: VCS stamping would shell out to git for the
             # enclosing repository (and can fail on "dubious ownership").
             try:
                 run_tool(
-                    [go, "build", "-trimpath", "-buildvcs=false", "-o", str(staging), "."],
+                    [go, "build", f"-modfile={modfile}", "-trimpath", "-buildvcs=false", "-o", str(staging), "."],
                     what="building FerretDB",
                     cwd=FERRETDB_SRC_DIR,
                 )
@@ -82,6 +99,36 @@ class LocalFerretDB(ManagedProcess):
                 self.binary.with_name(self.binary.name + ".sources").write_text(self._sources_digest())
             finally:
                 staging.unlink(missing_ok=True)
+
+    def _patched_modfile(self, go: str) -> Path:
+        """A copy of FerretDB's module with our patches applied, and a go.mod that builds against it.
+
+        The repository's go.mod stays the plain upstream one; the build uses ``-modfile`` with a
+        ``replace`` pointing at the patched copy (kept in the cache, keyed by the patches' digest)."""
+        version = _ferretdb_version()
+        patches = sorted(PATCHES_DIR.glob("*.patch"))
+        key = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in patches)).hexdigest()[:16]
+        build_dir = self.profile.cache_dir / "ferretdb-build"
+        source = build_dir / f"FerretDB-{version}-{key}"
+        if not (source / ".complete").exists():
+            listing = run_tool([go, "mod", "download", "-json", f"{FERRETDB_MODULE}@{version}"],
+                               what="downloading FerretDB's source", cwd=FERRETDB_SRC_DIR)
+            upstream = Path(json.JSONDecoder().raw_decode(listing[listing.index("{"):])[0]["Dir"])
+            shutil.rmtree(source, ignore_errors=True)
+            shutil.copytree(upstream, source)
+            for path in [source, *source.rglob("*")]:  # the module cache is read-only
+                path.chmod(path.stat().st_mode | stat.S_IWUSR)
+            patch = require_tool("patch", _PATCH_HINT) if patches else ""
+            for patch_file in patches:
+                run_tool([patch, "-p1", "--forward", "--batch", "-d", str(source), "-i", str(patch_file)],
+                         what=f"applying {patch_file.name} to FerretDB {version}")
+            (source / ".complete").write_text(version + "\n")
+        modfile = build_dir / "go.mod"
+        modfile.write_text(
+            (FERRETDB_SRC_DIR / "go.mod").read_text() + f"\nreplace {FERRETDB_MODULE} => {source}\n"
+        )
+        shutil.copyfile(FERRETDB_SRC_DIR / "go.sum", build_dir / "go.sum")
+        return modfile
 
     # -- running ------------------------------------------------------------
 
