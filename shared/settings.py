@@ -31,6 +31,9 @@ class ServiceSettings(BaseSettings):
     consumer_concurrency: int = Field(default=64, ge=1)
     relay_batch_max: int = Field(default=500, ge=1)
     relay_idle_poll_s: float = Field(default=0.2, gt=0)
+    #: Every so often the relay reads whole collections for events its own writes did not name
+    #: (another process's, or a crash's); also how often the outbox backlog gauge is refreshed.
+    relay_sweep_s: float = Field(default=30.0, gt=0)
     topic_namespace: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$", max_length=100)
     topic_partitions: int = Field(default=3, ge=1)
     topic_replication_factor: int = Field(default=1, ge=1)

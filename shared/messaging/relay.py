@@ -4,6 +4,12 @@ At least once: an event is removed only after Kafka acknowledged it (``acks=all`
 producer). A crash between the acknowledgement and the removal re-sends the event on the next
 pass; consumers recognise it by its id. One aggregate's events are sent in the order they were
 stored, each keyed by the aggregate id, so they keep that order on their partition.
+
+Finding the documents with events to send: a store of this process names the document it just
+wrote (:meth:`OutboxRelay.wake`), and the relay reads those by ``_id``. A sweep over whole
+collections (at start, then every ``sweep_s``) finds the rest: events written by another process,
+or left behind by a crash. On MongoDB the sweep uses the ``outbox_pending`` index; FerretDB v1
+cannot use an index for it and reads every document, which is why it is not the hot path.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ class OutboxRelay:
         metrics: Metrics | None = None,
         batch_max: int = 500,
         idle_poll_s: float = 0.2,
+        sweep_s: float = 30.0,
         error_backoff_s: float = 1.0,
     ) -> None:
         self._db = db
@@ -55,6 +62,9 @@ class OutboxRelay:
         self._batch_max = batch_max
         self._idle_poll_s = idle_poll_s
         self._error_backoff_s = error_backoff_s
+        self._sweep_s = sweep_s
+        self._next_sweep = 0.0  # the first pass sweeps
+        self._hinted: dict[str, dict[str, None]] = {}  # collection -> ids, in the order written
         self._wake = asyncio.Event()
         self.after_publish: Callable[[], Awaitable[None]] | None = None  # a seam for fault-injection tests
 
@@ -62,8 +72,10 @@ class OutboxRelay:
         if name not in self._collections:
             self._collections.append(name)
 
-    def wake(self) -> None:
-        """Called after a write that stored events: relay now rather than at the next poll."""
+    def wake(self, collection: str | None = None, doc_id: str | None = None) -> None:
+        """Called after a write that stored events in ``collection``/``doc_id``: relay them now."""
+        if collection is not None and doc_id is not None:
+            self._hinted.setdefault(collection, {})[doc_id] = None
         self._wake.set()
 
     async def run(self) -> None:
@@ -86,17 +98,34 @@ class OutboxRelay:
                 pass
 
     async def relay_once(self) -> int:
-        """One pass over every collection; returns how many events were published."""
+        """One pass: the documents named since the last pass, or every collection when a sweep is
+        due; returns how many events were published."""
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._next_sweep:
+            self._hinted.clear()  # the sweep finds them too
+            self._next_sweep = loop.time() + self._sweep_s
+            try:
+                return sum([await self._relay(name, {PENDING: {"$gt": 0}}) for name in self._collections])
+            except BaseException:
+                self._next_sweep = 0.0  # the sweep did not finish: again on the next pass
+                raise
         total = 0
-        for name in self._collections:
-            total += await self._relay_collection(name)
+        for name in list(self._hinted):
+            hinted = self._hinted.pop(name)
+            ids = list(hinted)
+            for start in range(0, len(ids), self._batch_max):
+                chunk = ids[start : start + self._batch_max]
+                try:
+                    total += await self._relay(name, {"_id": {"$in": chunk}})
+                except BaseException:  # not sent: keep them, ahead of newer ones, for the next pass
+                    self._hinted[name] = {**dict.fromkeys(ids[start:]), **self._hinted.get(name, {})}
+                    raise
         return total
 
-    async def _relay_collection(self, name: str) -> int:
+    async def _relay(self, name: str, which: dict[str, Any]) -> int:
         collection = self._db[name]
-        docs = await collection.find(
-            {PENDING: {"$gt": 0}}, projection={OUTBOX: True}, limit=self._batch_max
-        ).to_list()
+        docs = await collection.find(which, projection={OUTBOX: True}, limit=self._batch_max).to_list()
+        docs = [doc for doc in docs if doc.get(OUTBOX)] if "_id" in which else docs
         if not docs:
             return 0
         if self._topics is not None:
@@ -113,6 +142,8 @@ class OutboxRelay:
             for doc in docs:
                 for entry in doc.get(OUTBOX, []):
                     self._metrics.relayed.labels(self._metrics.service, entry["topic"]).inc()
+        if len(docs) == self._batch_max and "_id" not in which:
+            self._next_sweep = 0.0  # more than one batch waiting: sweep again at once
         return sent
 
     @staticmethod

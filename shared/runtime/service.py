@@ -62,6 +62,7 @@ class ServiceRuntime:
             metrics=self.metrics,
             batch_max=settings.relay_batch_max,
             idle_poll_s=settings.relay_idle_poll_s,
+            sweep_s=settings.relay_sweep_s,
         )
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: uvicorn.Server | None = None
@@ -157,7 +158,8 @@ class ServiceRuntime:
         while True:
             with contextlib.suppress(Exception):
                 self.metrics.outbox_backlog.labels(self.metrics.service).set(await self.relay.backlog())
-            await asyncio.sleep(5.0)
+            # A whole-collection read on FerretDB v1 (see shared.messaging.relay): not too often.
+            await asyncio.sleep(self.settings.relay_sweep_s)
 
     # --- operations endpoints ---------------------------------------------------------------
 

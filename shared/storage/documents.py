@@ -65,7 +65,7 @@ class DocumentStore:
         collection: str,
         *,
         applied_window: int = 200,
-        on_events: Callable[[], None] | None = None,
+        on_events: Callable[[str, str], None] | None = None,
         topic_namespace: str = "",
     ) -> None:
         self.collection = db[collection]
@@ -78,7 +78,8 @@ class DocumentStore:
     def indexes(self) -> list[IndexSpec]:
         return [IndexSpec(self.name, ((PENDING, 1),), name="outbox_pending")]
 
-    def notify_relay(self, callback: Callable[[], None]) -> None:
+    def notify_relay(self, callback: Callable[[str, str], None]) -> None:
+        """``callback(collection, doc_id)`` after each write that stored events."""
         self._on_events = callback
 
     @staticmethod
@@ -119,7 +120,7 @@ class DocumentStore:
                 APPLIED: applied_ids,
             }
         )
-        self._wake(events)
+        self._wake(doc_id, events)
         return StoredDocument(doc_id, dict(state), 1, applied_ids)
 
     async def update(
@@ -143,12 +144,12 @@ class DocumentStore:
         result = await self.collection.update_one({"_id": doc.id, VERSION: doc.version}, changes)
         if result.matched_count != 1:
             raise ConcurrencyConflict(f"{self.name}/{doc.id} changed since version {doc.version}")
-        self._wake(events)
+        self._wake(doc.id, events)
         return StoredDocument(doc.id, dict(state), doc.version + 1, applied_ids)
 
-    def _wake(self, events: Sequence[Envelope]) -> None:
+    def _wake(self, doc_id: str, events: Sequence[Envelope]) -> None:
         if events and self._on_events is not None:
-            self._on_events()
+            self._on_events(self.name, doc_id)
 
     @staticmethod
     def _check_state(state: Mapping[str, Any]) -> None:
