@@ -350,3 +350,21 @@ async def test_concurrent_writers_of_one_document_never_lose_an_update(settings:
     final = await store.get("shared")
     assert final.state["n"] == 200 and final.version == 201
     await runtime.mongo.close()
+
+
+@pytest.mark.parametrize(
+    "lookup",
+    [{"_id": "cus_a"}, {"_id": "cus_a", "_v": 3}, {"_id": {"$in": ["cus_a", "cus_b"]}}],
+    ids=["by id", "version-guarded", "id in"],
+)
+async def test_lookups_by_id_use_the_id_index(settings: ServiceSettings, mongo: Any, lookup: dict[str, Any]) -> None:
+    """Every write by the stores and every relay read names documents by _id; a store that scanned
+    the collection for them would slow down as it grows (FerretDB v1 did, before the patches in
+    deploy/ferretdb/patches)."""
+    collection = mongo[settings.mongodb_database]["accounts"]
+    await collection.insert_many([{"_id": f"cus_{n}", "_v": 3} for n in "abc"])
+    plan = await mongo[settings.mongodb_database].command({"explain": {"find": "accounts", "filter": lookup}})
+    if "ferretdbVersion" in plan.get("serverInfo", {}):
+        assert any("USING INDEX" in step and "__id_" in step for step in plan["queryPlanner"]["Plan"]), plan
+    else:
+        assert any(stage in str(plan["queryPlanner"]["winningPlan"]) for stage in ("IDHACK", "IXSCAN", "EXPRESS")), plan
