@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from pymongo.errors import ConnectionFailure, ExecutionTimeout, WTimeoutError
+from aiokafka.errors import KafkaError
+from pymongo.errors import ConnectionFailure, ExecutionTimeout, OperationFailure, WTimeoutError
 
 from shared.storage.documents import ConcurrencyConflict
 
@@ -28,5 +29,16 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: What a store says when it is busy rather than wrong. FerretDB on SQLite answers a write that met
+#: a lock with an OperationFailure (code 1) carrying SQLite's message; MongoDB labels such errors.
+_BUSY_STORE = ("database is locked", "sqlite_busy", "database table is locked")
+
+
 def is_transient(error: BaseException) -> bool:
-    return isinstance(error, TRANSIENT_ERRORS)
+    if isinstance(error, TRANSIENT_ERRORS):
+        return True
+    if isinstance(error, OperationFailure):
+        if error.has_error_label("TransientTransactionError") or error.has_error_label("RetryableWriteError"):
+            return True
+        return any(sign in str(error).lower() for sign in _BUSY_STORE)
+    return isinstance(error, KafkaError) and bool(getattr(error, "retriable", False))

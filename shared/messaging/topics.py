@@ -14,6 +14,7 @@ import logging
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -71,14 +72,36 @@ async def ensure_topics(
         missing = [spec for name, spec in wanted.items() if name not in existing]
         if missing:
             try:
-                await admin.create_topics([s.new_topic(replication_factor) for s in missing])
+                response = await admin.create_topics([s.new_topic(replication_factor) for s in missing])
             except TopicAlreadyExistsError:
                 pass  # another process created them first
+            else:
+                _raise_refusals(response)
             log.info("created topics", extra={"topics": [s.name for s in missing]})
         await _wait_for_leaders(admin, list(wanted), timeout_s)
         return [s.name for s in missing]
     finally:
         await admin.close()
+
+
+class TopicCreationRefused(RuntimeError):
+    """The broker refused to create topics (bad name, too many partitions, policy, ...)."""
+
+
+_TOPIC_ALREADY_EXISTS = 36
+
+
+def _raise_refusals(response: Any) -> None:
+    """CreateTopics answers 200 and puts each topic's error inside: look at them. A topic another
+    process created in the meantime is fine; anything else is a refusal to report."""
+    refusals = []
+    for entry in getattr(response, "topic_errors", []):
+        name, code = entry[0], entry[1]
+        message = entry[2] if len(entry) > 2 and isinstance(entry[2], str) else ""
+        if code not in (0, _TOPIC_ALREADY_EXISTS):
+            refusals.append(f"{name}: error {code} {message}".rstrip())
+    if refusals:
+        raise TopicCreationRefused("the broker refused to create " + "; ".join(refusals))
 
 
 async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str], timeout_s: float) -> None:

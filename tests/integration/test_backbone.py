@@ -17,7 +17,7 @@ from shared.events import CustomerActivated, Envelope
 from shared.events.registry import dead_letter_topic, topic_for
 from shared.messaging import Delivery, PermanentError
 from shared.messaging.dead_letters import read_parked, replay
-from shared.messaging.topics import declared_topics, ensure_topics
+from shared.messaging.topics import TopicCreationRefused, TopicSpec, declared_topics, ensure_topics
 from shared.runtime.service import ServiceRuntime
 from shared.settings import ServiceSettings
 from shared.storage import ConcurrencyConflict
@@ -368,3 +368,9 @@ async def test_lookups_by_id_use_the_id_index(settings: ServiceSettings, mongo: 
         assert any("USING INDEX" in step and "__id_" in step for step in plan["queryPlanner"]["Plan"]), plan
     else:
         assert any(stage in str(plan["queryPlanner"]["winningPlan"]) for stage in ("IDHACK", "IXSCAN", "EXPRESS")), plan
+
+
+async def test_a_topic_the_broker_refuses_is_an_error_not_a_silence(settings: ServiceSettings) -> None:
+    refused = TopicSpec(f"{settings.topic_namespace}{'x' * 260}", 1, 60_000)  # longer than Kafka allows
+    with pytest.raises(TopicCreationRefused, match="error"):
+        await ensure_topics(settings.kafka_bootstrap_servers, [refused], timeout_s=5)
