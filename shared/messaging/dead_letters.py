@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from shared.events.registry import DLQ_SUFFIX, dead_letter_topic
-from shared.messaging.kafka import partitions_of, stop_consumer
+from shared.messaging.kafka import read_topic
 
 REASON = "dlq-reason"
 REASON_KIND = "dlq-reason-kind"
@@ -73,26 +73,8 @@ def park_headers(
 async def read_parked(bootstrap: str, topic: str, *, timeout_s: float = 5.0) -> list[ParkedMessage]:
     """Everything currently in ``topic``'s dead-letter topic, oldest first (reads, commits nothing)."""
     dlq = topic if topic.endswith(DLQ_SUFFIX) else dead_letter_topic(topic)
-    partitions = [TopicPartition(dlq, p) for p in await partitions_of(bootstrap, dlq)]
-    if not partitions:
-        return []
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        end = await consumer.end_offsets(partitions)
-        parked: list[ParkedMessage] = []
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while any([await consumer.position(tp) < end[tp] for tp in partitions]):
-            if asyncio.get_running_loop().time() > deadline:
-                break
-            batches = await consumer.getmany(timeout_ms=500)
-            for records in batches.values():
-                parked += [ParkedMessage(r.key, r.value, record_headers(r), r.offset) for r in records]
-        return parked
-    finally:
-        await stop_consumer(consumer)
+    records = await read_topic(bootstrap, dlq, timeout_s=timeout_s)
+    return [ParkedMessage(r.key, r.value, record_headers(r), r.offset) for r in records]
 
 
 async def replay(bootstrap: str, topic: str, *, group_id: str = "leaseline-dlq-replay", limit: int | None = None) -> int:

@@ -4,8 +4,9 @@ publishing is idempotent and acknowledged by all in-sync replicas."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faststream.kafka import KafkaBroker
 
@@ -52,3 +53,29 @@ async def partitions_of(bootstrap_servers: str, topic: str) -> list[int]:
     if not described or described[0].get("error_code"):
         return []
     return sorted(p["partition"] for p in described[0]["partitions"])
+
+
+async def read_topic(bootstrap_servers: str, topic: str, *, timeout_s: float = 10.0) -> list[Any]:
+    """Every record currently in ``topic``, oldest first per partition; commits nothing.
+
+    Reads up to the end offsets seen at the start (or until ``timeout_s``): what is appended
+    meanwhile is not waited for."""
+    partitions = [TopicPartition(topic, p) for p in await partitions_of(bootstrap_servers, topic)]
+    if not partitions:
+        return []
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        end = await consumer.end_offsets(partitions)
+        records: list[Any] = []
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while asyncio.get_running_loop().time() < deadline:
+            if all([await consumer.position(tp) >= end[tp] for tp in partitions]):
+                break
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                records += batch
+        return records
+    finally:
+        await stop_consumer(consumer)

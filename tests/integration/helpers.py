@@ -12,9 +12,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from shared.messaging.kafka import partitions_of, stop_consumer
+from shared.messaging import kafka
 from shared.settings import ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,23 +86,5 @@ async def eventually(
 
 async def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[Any]:
     """Every record currently in ``topic``, all partitions, oldest first per partition."""
-    partitions = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic)]
-    if not partitions:
-        return []
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        end = await consumer.end_offsets(partitions)
-        records: list[Any] = []
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            positions = [await consumer.position(tp) for tp in partitions]
-            if all(pos >= end[tp] for pos, tp in zip(positions, partitions, strict=True)):
-                break
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                records += batch
-        return records
-    finally:
-        await stop_consumer(consumer)
+    return await kafka.read_topic(bootstrap, topic, timeout_s=timeout_s)
+

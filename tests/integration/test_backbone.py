@@ -214,11 +214,6 @@ def own_broker(tmp_path: Any) -> Any:
     shutil.rmtree(node.profile.dir, ignore_errors=True)
 
 
-@pytest.mark.xfail(
-    reason="KNOWN GAP: in a fresh clone this test's own broker did not start ('kafka is not running'); "
-    "not yet diagnosed, see the closing note. Not a proof until fixed.",
-    strict=False,
-)
 async def test_a_broker_restart_in_the_middle_of_a_stream_loses_nothing(
     settings: ServiceSettings, mongo: Any, runtimes: list[ServiceRuntime], own_broker: Any
 ) -> None:
