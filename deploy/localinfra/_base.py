@@ -200,6 +200,38 @@ class ManagedProcess:
     def _prepare_start(self) -> None:
         """Prepare files before spawning (write configs, rotate logs)."""
 
+    def _is_ready(self) -> bool:
+        """True once the process serves clients (checked while it is alive)."""
+        raise NotImplementedError
+
+    #: Where clients reach it, for messages.
+    address = ""
+    #: How long ``wait_ready`` waits by default, and how often it looks.
+    ready_timeout_s = 60.0
+    ready_poll_s = 0.1
+
+    def wait_ready(self, timeout: float | None = None) -> float:
+        """Block until the process serves clients; return the seconds waited.
+
+        Raises :class:`LocalInfraError` with the log tail if the process is not running, dies,
+        or is not ready by the deadline."""
+        timeout = self.ready_timeout_s if timeout is None else timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        pid = self.pid
+        if pid is None:
+            raise LocalInfraError(f"{self.component} is not running.\n{self.log_tail(self.logs)}")
+        while True:
+            self._ensure_alive(pid, self.logs)
+            if self._is_ready():
+                return time.monotonic() - started
+            if time.monotonic() >= deadline:
+                raise LocalInfraError(
+                    f"{self.component} (pid {pid}) not ready on {self.address} after {timeout:.0f}s.\n"
+                    f"{self.log_tail(self.logs)}"
+                )
+            time.sleep(self.ready_poll_s)
+
     @property
     def stdout_log(self) -> Path:
         """File receiving the process's stdout and stderr."""

@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import stat
-import time
 from pathlib import Path
 
 from ._base import LocalInfraError, ManagedProcess, file_lock, require_tool, run_tool, tail_file
@@ -166,29 +165,15 @@ class LocalFerretDB(ManagedProcess):
             return False
         return reply.get("ok") in (1, 1.0, True)
 
-    def wait_ready(self, timeout: float = 60) -> float:
-        """Block until FerretDB answers a MongoDB ``hello``; return the seconds waited.
+    ready_timeout_s = 60.0
 
-        Ready means: the process is alive, it logged its ready line, and a TCP
-        connection to the port answers ``hello`` with ``ok: 1``. Raises
-        :class:`LocalInfraError` with the log tail if the process dies or the
-        deadline passes.
-        """
-        started = time.monotonic()
-        deadline = started + timeout
-        pid = self.pid
-        if pid is None:
-            raise LocalInfraError(f"ferretdb is not running.\n{self.log_tail(self.logs)}")
-        while True:
-            self._ensure_alive(pid, self.logs)
-            # hello() itself proves the TCP connect works.
-            if self._saw_ready_line() and self._answers_hello():
-                return time.monotonic() - started
-            if time.monotonic() >= deadline:
-                raise LocalInfraError(
-                    f"ferretdb (pid {pid}) not ready on {self.uri} after {timeout:.0f}s.\n{self.log_tail(self.logs)}"
-                )
-            time.sleep(0.1)
+    @property
+    def address(self) -> str:  # type: ignore[override]
+        return self.uri
+
+    def _is_ready(self) -> bool:
+        # Its ready line logged, and a hello answered with ok: 1 (which proves the TCP connect too).
+        return self._saw_ready_line() and self._answers_hello()
 
     def tail(self, lines: int = 40) -> str:
         """Return the last ``lines`` lines of the server log."""

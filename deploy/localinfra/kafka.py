@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -257,29 +256,16 @@ class LocalKafka(ManagedProcess):
         except FileNotFoundError:
             return False
 
-    def wait_ready(self, timeout: float = 120) -> float:
-        """Block until the broker serves clients; return the seconds waited.
+    ready_timeout_s = 120.0
+    ready_poll_s = 0.2
 
-        Ready means: the process is alive, ``server.log`` says "Kafka Server
-        started" and the client port accepts TCP connections. Raises
-        :class:`LocalInfraError` with the log tail if the process dies or the
-        deadline passes.
-        """
-        started = time.monotonic()
-        deadline = started + timeout
-        pid = self.pid
-        if pid is None:
-            raise LocalInfraError(f"kafka is not running.\n{self.log_tail(self.logs)}")
-        while True:
-            self._ensure_alive(pid, self.logs)
-            if self._saw_ready_line() and tcp_connectable("127.0.0.1", self.profile.kafka_port):
-                return time.monotonic() - started
-            if time.monotonic() >= deadline:
-                raise LocalInfraError(
-                    f"kafka (pid {pid}) not ready on {self.bootstrap_servers} after {timeout:.0f}s.\n"
-                    f"{self.log_tail(self.logs)}"
-                )
-            time.sleep(0.2)
+    @property
+    def address(self) -> str:  # type: ignore[override]
+        return self.bootstrap_servers
+
+    def _is_ready(self) -> bool:
+        # "Kafka Server started" in server.log, and the client port accepts connections.
+        return self._saw_ready_line() and tcp_connectable("127.0.0.1", self.profile.kafka_port)
 
     def tail(self, lines: int = 40) -> str:
         """Return the last ``lines`` lines of the broker log."""
