@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from shared.events.envelope import Envelope
 from shared.events.registry import topic_for
+from shared.storage.batching import InsertBatcher, ReadBatcher
 from shared.storage.mongo import IndexSpec
 
 VERSION = "_v"
@@ -73,6 +75,9 @@ class DocumentStore:
         self._window = applied_window
         self._on_events = on_events
         self._namespace = topic_namespace
+        # Concurrent loads and creations (a consumer's batch, parallel requests) share commands.
+        self._reads = ReadBatcher(self.collection, projection={OUTBOX: False})
+        self._inserts = InsertBatcher(self.collection)
 
     @property
     def indexes(self) -> list[IndexSpec]:
@@ -92,7 +97,10 @@ class DocumentStore:
         )
 
     async def get(self, doc_id: str) -> StoredDocument | None:
-        raw = await self.collection.find_one({"_id": doc_id}, projection={OUTBOX: False})
+        if isinstance(doc_id, str):
+            raw = await self._reads.get(doc_id)
+        else:  # other id types are not batched: FerretDB looks up only strings in a list by index
+            raw = await self.collection.find_one({"_id": doc_id}, projection={OUTBOX: False})
         return None if raw is None else self._from_raw(raw)
 
     async def find_one(self, query: Mapping[str, Any]) -> StoredDocument | None:
@@ -110,7 +118,7 @@ class DocumentStore:
         """Insert a new aggregate; raises ``DuplicateKeyError`` when it (or a unique key) exists."""
         self._check_state(state)
         applied_ids = [applied] if applied else []
-        await self.collection.insert_one(
+        inserted = await self._inserts.insert(
             {
                 "_id": doc_id,
                 **state,
@@ -120,6 +128,8 @@ class DocumentStore:
                 APPLIED: applied_ids,
             }
         )
+        if not inserted:
+            raise DuplicateKeyError(f"{self.name}/{doc_id} exists, or another document has one of its unique keys", 11000)
         self._wake(doc_id, events)
         return StoredDocument(doc_id, dict(state), 1, applied_ids)
 

@@ -35,11 +35,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import DESCENDING
-from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, OperationFailure
 
 from services.notifications.domain.delivery import Delivery
+from shared.storage.batching import InsertBatcher
 from shared.storage.documents import PENDING, DocumentStore
 from shared.storage.mongo import IndexSpec
 
@@ -70,67 +70,6 @@ INDEXES = [
 
 
 PAYLOAD_RETENTION = timedelta(days=3)  # longer than any delivery lives (retries, quiet hours)
-
-
-class InsertBatcher:
-    """Coalesces concurrent single-document inserts into ``insert_many`` calls.
-
-    The consumer handles up to ``consumer_concurrency`` events at once; each records its
-    deliveries with one insert. Sent one by one they cost a round trip and a store transaction
-    each; gathered for a millisecond they cost one."""
-
-    def __init__(self, collection: AsyncCollection[dict[str, Any]], *, max_batch: int = 200, max_wait_s: float = 0.002):
-        self._collection = collection
-        self._max_batch = max_batch
-        self._max_wait = max_wait_s
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[bool]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self._writes: set[asyncio.Task[None]] = set()  # held, so that none is collected mid-write
-
-    async def insert(self, document: dict[str, Any]) -> bool:
-        """True when inserted, False when a document with the same unique key exists."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((document, future))
-        if len(self._pending) >= self._max_batch:
-            self._flush_now()
-        elif self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_soon())
-        return await future
-
-    async def _flush_soon(self) -> None:
-        await asyncio.sleep(self._max_wait)
-        self._flusher = None
-        self._flush_now()
-
-    def _flush_now(self) -> None:
-        batch, self._pending = self._pending, []
-        if batch:
-            task = asyncio.create_task(self._write(batch))
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
-
-    async def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future[bool]]]) -> None:
-        outcome: list[bool | BaseException] = [True] * len(batch)
-        try:
-            await self._collection.insert_many([doc for doc, _ in batch], ordered=False)
-        except BulkWriteError as error:
-            for write_error in error.details.get("writeErrors", []):
-                message = str(write_error.get("errmsg", ""))
-                duplicate = write_error.get("code") == 11000 or "duplicate key" in message.lower()
-                outcome[write_error["index"]] = False if duplicate else OperationFailure(message, write_error.get("code"))
-        except asyncio.CancelledError:
-            for _, future in batch:
-                future.cancel()
-            raise
-        except Exception as error:  # the store is unreachable: every caller gets the error
-            outcome = [error] * len(batch)
-        for (_, future), result in zip(batch, outcome, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
 
 
 class DeliveryStore:
