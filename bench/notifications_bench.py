@@ -1,14 +1,16 @@
 """Notifications against the backbone it runs on, measured in one run.
 
 - peak: emails per second from events published to Kafka until the SMTP server (the catcher, in
-  this process) accepted them, for a burst of events published as fast as possible;
+  a process of its own) accepted them, for a burst of events published as fast as possible;
 - steady: p50/p99 of that same path (publish -> SMTP accepted) at half the peak rate;
 - backbone: how fast the shared consumer alone reads the same events, with a handler doing nothing
   (the raw consume rate), and with the smallest idempotent handler (one store insert per event),
   so the figures can be compared on this machine.
 
 The service runs in this process with its production code path: consumer, recording, delivery
-worker, SMTP pool, outcome batches through the outbox relay. Logging is left at WARNING.
+worker, SMTP pool, outcome batches through the outbox relay. Logging is left at WARNING. The SMTP
+server (the catcher) runs in a process of its own, as a mail server would (``bench.smtp_arrivals``),
+and writes down when each message arrived; times on both sides are the machine's wall clock.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from deploy.sinks import CaughtMail, SmtpCatcher
 from services.notifications.bootstrap import build
 from services.notifications.domain.planning import delivery_id
 from services.notifications.settings import NotificationSettings
@@ -37,28 +41,41 @@ from shared.storage.mongo import is_duplicate_key
 PEAK_EVENTS = int(os.environ.get("NOTIFICATIONS_BENCH_EVENTS", "6000"))
 STEADY_SECONDS = float(os.environ.get("NOTIFICATIONS_BENCH_STEADY_S", "15"))
 TARGETS = {"emails_per_s": 500.0, "share_of_backbone": 0.5, "p99_ms": 250.0}
-HEADER = b"X-Leaseline-Notification: "
 
 
 class Arrivals:
-    """When each delivery reached the SMTP server (by the id in its header)."""
+    """When each delivery reached the SMTP server (by the id in its header), read from the file
+    the SMTP server process appends to."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self.at: dict[str, float] = {}
-        self._counted: tuple[int, int] = (0, 0)
+        self._offset = 0
+        self._partial = b""
+
+    def refresh(self) -> None:
+        with self.path.open("rb") as file:
+            file.seek(self._offset)
+            chunk = file.read()
+        self._offset += len(chunk)
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            notification, _, at = line.decode().partition(" ")
+            self.at[notification] = float(at)
 
     def count(self, ids: Any) -> int:
-        """How many of ``ids`` arrived (counted again only when something new arrived)."""
-        if self._counted[0] != len(self.at) or self._counted[1] != id(ids):
-            self._counted = (len(self.at), id(ids))
-            self._last = sum(1 for i in ids if i in self.at)
-        return self._last
+        self.refresh()
+        return sum(1 for i in ids if i in self.at)
 
-    def __call__(self, mail: CaughtMail) -> None:
-        start = mail.data.find(HEADER)
-        if start >= 0:
-            end = mail.data.find(b"\r\n", start)
-            self.at[mail.data[start + len(HEADER) : end].decode()] = time.perf_counter()
+
+async def smtp_server(arrivals: Path) -> tuple[asyncio.subprocess.Process, int]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.smtp_arrivals", str(arrivals), stdout=asyncio.subprocess.PIPE
+    )
+    assert process.stdout is not None
+    port = int((await asyncio.wait_for(process.stdout.readline(), 30)).decode())
+    return process, port
 
 
 def changed(i: int, run: str) -> tuple[PasswordChanged, str]:
@@ -69,7 +86,7 @@ def changed(i: int, run: str) -> tuple[PasswordChanged, str]:
 
 
 async def publish_burst(producer: AIOKafkaProducer, topic: str, envelopes: list[Envelope]) -> float:
-    started = time.perf_counter()
+    started = time.time()
     futures = [await producer.send(topic, e.to_bytes(), key=e.subject.encode()) for e in envelopes]
     await asyncio.gather(*futures)
     return started
@@ -77,11 +94,12 @@ async def publish_burst(producer: AIOKafkaProducer, topic: str, envelopes: list[
 
 async def measure(kafka_bootstrap: str, mongodb_uri: str) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
-    arrivals = Arrivals()
-    catcher = await SmtpCatcher(None, port=0, keep=False, on_message=arrivals).start()
+    arrivals = Arrivals(Path(tempfile.mkdtemp(prefix="leaseline-bench-")) / "arrivals")
+    arrivals.path.touch()
+    smtp, smtp_port = await smtp_server(arrivals.path)
     settings = NotificationSettings(
         kafka_bootstrap_servers=kafka_bootstrap, mongodb_uri=mongodb_uri, mongodb_database=f"bench_ntf_{run}",
-        topic_namespace=f"benchn{run}.", http_port=0, smtp_port=catcher.port, smtp_pool_size=8,
+        topic_namespace=f"benchn{run}.", http_port=0, smtp_port=smtp_port, smtp_pool_size=8,
         event_secret_keys=Keyring.generate_spec("bench"), portal_base_url="https://portal.leaseline.example",
         delivery_concurrency=int(os.environ.get("NB_CONCURRENCY", "32")),
         delivery_queue_max=int(os.environ.get("NB_QUEUE", "300")),
@@ -95,9 +113,13 @@ async def measure(kafka_bootstrap: str, mongodb_uri: str) -> dict[str, Any]:
     results: dict[str, Any] = {}
     try:
         # Warm-up: connections open, templates compiled, consumer assigned.
-        warm = [Envelope.wrap(changed(i, run + "w")[0], source="bench", time=service.runtime.clock.now()) for i in range(200)]
+        warm, warm_ids = [], []
+        for i in range(200):
+            event, email = changed(i, run + "w")
+            warm.append(Envelope.wrap(event, source="bench", time=service.runtime.clock.now()))
+            warm_ids.append(delivery_id(warm[-1].id, "email", email))
         await publish_burst(producer, topic, warm)
-        await _until(lambda: catcher.received >= len(warm), 120)
+        await _until(lambda: arrivals.count(warm_ids) == len(warm_ids), 120)
 
         # Peak: a burst published as fast as possible, until every email is accepted.
         burst, ids = [], []
@@ -123,7 +145,7 @@ async def measure(kafka_bootstrap: str, mongodb_uri: str) -> dict[str, Any]:
                 event, email = changed(n, run + "s")
                 envelope = Envelope.wrap(event, source="bench", time=service.runtime.clock.now())
                 await producer.send(topic, envelope.to_bytes(), key=envelope.subject.encode())
-                sent_at[delivery_id(envelope.id, "email", email)] = time.perf_counter()
+                sent_at[delivery_id(envelope.id, "email", email)] = time.time()
                 n += 1
             await asyncio.sleep(max(0.0, begin + (tick + 1) * 0.02 - time.perf_counter()))
         await producer.flush()
@@ -136,7 +158,8 @@ async def measure(kafka_bootstrap: str, mongodb_uri: str) -> dict[str, Any]:
     finally:
         await producer.stop()
         await service.runtime.stop()
-        await catcher.stop()
+        smtp.terminate()
+        await smtp.wait()
 
     backbone = await backbone_consume_rate(kafka_bootstrap, mongodb_uri, settings, topic, PEAK_EVENTS)
     results["backbone_consume_per_s"] = backbone

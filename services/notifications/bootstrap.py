@@ -93,7 +93,8 @@ def build(
     keyring = Keyring.parse(settings.event_secret_keys.get_secret_value())
     sender = Sender.parse(settings.smtp_from)
 
-    outcome_store = runtime.store(OUTCOMES)  # relayed: its outbox carries notification.sent/failed
+    # Each document carries a batch of notification.sent/failed events; the relay deletes it once sent.
+    outcome_store = runtime.store(OUTCOMES, carrier=True)
     recipients = DocumentStore(runtime.db, RECIPIENTS)  # a projection: no events, not relayed
     runtime.indexes(INDEXES)
     store = DeliveryStore(runtime.db, outcome_store)

@@ -71,17 +71,18 @@ class ServiceRuntime:
 
     # --- wiring -----------------------------------------------------------------------------
 
-    def store(self, collection: str, *, applied_window: int = 200) -> DocumentStore:
-        """A document store whose outbox this process relays."""
+    def store(self, collection: str, *, applied_window: int = 200, carrier: bool = False) -> DocumentStore:
+        """A document store whose outbox this process relays (``carrier``: see DocumentStore)."""
         store = DocumentStore(
             self.db,
             collection,
             applied_window=applied_window,
             on_events=self.relay.wake,
             topic_namespace=self.settings.topic_namespace,
+            carrier=carrier,
         )
         self._stores.append(store)
-        self.relay.add_collection(collection)
+        self.relay.add_collection(collection, carrier=carrier)
         self._indexes += store.indexes
         return store
 

@@ -8,8 +8,9 @@
   each is rendered from is in ``delivery_payloads`` (insert-only, read by ``_id``, purged after
   ``PAYLOAD_RETENTION``: the event holds personal data, and sealed secrets).
 - ``delivery_history``: finished deliveries, one document each (``_id`` = delivery id).
-- ``delivery_outcomes``: a DocumentStore whose documents each carry a batch of
-  ``notification.sent`` / ``notification.failed`` events in their outbox; deleted once relayed.
+- ``delivery_outcomes``: a DocumentStore of event carriers: each document carries a batch of
+  ``notification.sent`` / ``notification.failed`` events in its outbox, and the relay deletes it
+  once they are sent.
 
 A delivery finishes in three writes: its final state into the history, its event into the outbox,
 its active document out. A crash between them is repaired when the delivery is recovered (its lease
@@ -40,7 +41,7 @@ from pymongo.errors import BulkWriteError, OperationFailure
 
 from services.notifications.domain.delivery import Delivery
 from shared.storage.batching import InsertBatcher
-from shared.storage.documents import PENDING, DocumentStore
+from shared.storage.documents import DocumentStore
 from shared.storage.mongo import IndexSpec
 
 log = logging.getLogger(__name__)
@@ -172,10 +173,6 @@ class DeliveryStore:
     async def release(self, delivery_ids: Sequence[str]) -> None:
         """Finished deliveries leave the active set."""
         await self.active.delete_many({"_id": {"$in": list(delivery_ids)}})
-
-    async def drop_relayed_outcomes(self) -> int:
-        result = await self.outcomes.collection.delete_many({PENDING: 0})
-        return result.deleted_count
 
     # --- reading (staff API) -------------------------------------------------------------------
 

@@ -145,9 +145,7 @@ class OutcomeLog:
         await self._announce([outcome])
 
     async def maintain(self) -> None:
-        """Drop the outcome documents whose events the relay has published; once an hour, drop
-        the source events of deliveries old enough to be over."""
-        await self._store.drop_relayed_outcomes()
+        """Once an hour, drop the source events of deliveries old enough to be over."""
         now = self._clock.now()
         if self._last_purge is None or now - self._last_purge > timedelta(hours=1):
             self._last_purge = now
