@@ -64,7 +64,7 @@ class Process:
 
 def main() -> int:
     sys.path.insert(0, str(ROOT))
-    from deploy.localinfra import LocalFerretDB, LocalKafka, Profile
+    from deploy.localinfra import LocalFerretDB, LocalKafka, Profile, ensure_running
 
     stopping = False
 
@@ -81,13 +81,7 @@ def main() -> int:
     else:
         profile = Profile.run()
         kafka, store = LocalKafka(profile), LocalFerretDB(profile)
-        for component in (kafka, store):
-            if not component.is_running():
-                component.provision()
-                component.start()
-                owned.append(component)
-        kafka.wait_ready()
-        store.wait_ready()
+        owned += ensure_running([kafka, store])
         bootstrap, mongodb_uri = kafka.bootstrap_servers, store.uri
 
     env = dict(os.environ)

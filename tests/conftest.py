@@ -54,18 +54,13 @@ def infra() -> Iterator[Infrastructure]:
         with KafkaContainer().with_kraft() as kafka, MongoDbContainer("mongo:7") as mongo:
             yield Infrastructure(kafka.get_bootstrap_server(), mongo.get_connection_url(), "testcontainers")
         return
-    from deploy.localinfra import LocalFerretDB, LocalKafka, Profile
+    from deploy.localinfra import LocalFerretDB, LocalKafka, Profile, ensure_running
 
     profile = Profile.test()
     kafka, store = LocalKafka(profile), LocalFerretDB(profile)
     # Infrastructure someone already started (`python -m deploy.localinfra up --profile test`)
-    # is used and left running; what this session starts, it stops.
-    started_here = [c for c in (kafka, store) if not c.is_running()]
-    for component in started_here:
-        component.provision()
-        component.start()
-    kafka.wait_ready()
-    store.wait_ready()
+    # is used and left running, unless it runs an outdated build; what this session starts, it stops.
+    started_here = ensure_running([kafka, store])
     try:
         yield Infrastructure(kafka.bootstrap_servers, store.uri, "local", kafka_node=kafka)
     finally:

@@ -18,9 +18,9 @@ Stdlib only, so it runs before any virtualenv exists::
 The same is available from the shell as ``python3 -m deploy.localinfra``.
 """
 
-from ._base import LocalInfraError
+from ._base import LocalInfraError, ensure_running
 from .ferretdb import LocalFerretDB
 from .kafka import KAFKA_VERSION, LocalKafka
 from .profile import Profile
 
-__all__ = ["KAFKA_VERSION", "LocalFerretDB", "LocalInfraError", "LocalKafka", "Profile"]
+__all__ = ["KAFKA_VERSION", "LocalFerretDB", "LocalInfraError", "LocalKafka", "Profile", "ensure_running"]

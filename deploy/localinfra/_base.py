@@ -298,10 +298,16 @@ class ManagedProcess:
         with file_lock(self.profile.dir / f".{self.component}.start.lock"):
             return self._start_locked()
 
+    def is_stale(self) -> bool:
+        """True when the running process is not the current build (rebuilt since it started)."""
+        return False
+
     def _start_locked(self) -> int:
         existing = self.pid
         if existing is not None:
-            return existing
+            if not self.is_stale():
+                return existing
+            self.stop()  # built anew since it started: run the current build
         self.pid_file.unlink(missing_ok=True)
         self._check_ports()
         self._prepare_start()
@@ -384,3 +390,18 @@ class ManagedProcess:
             if text:
                 parts.append(f"--- {log} (last {lines} lines) ---\n{text}")
         return "\n".join(parts) if parts else "(no log output)"
+
+
+def ensure_running(components: Sequence[ManagedProcess]) -> list[ManagedProcess]:
+    """Provision (cached), start what is not running or runs an outdated build, and wait until all
+    are ready. Returns the components started here: the caller stops those, and leaves running
+    what someone else started."""
+    started = []
+    for component in components:
+        component.provision()
+        if not component.is_running() or component.is_stale():
+            component.start()
+            started.append(component)
+    for component in components:
+        component.wait_ready()
+    return started

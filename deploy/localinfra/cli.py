@@ -47,7 +47,7 @@ def _cmd_up(profile: Profile, _args: argparse.Namespace) -> int:
     started_here: list[Component] = []
     try:
         for component in components:
-            was_running = component.is_running()
+            was_running = component.is_running() and not component.is_stale()
             component.start()
             if not was_running:
                 started_here.append(component)

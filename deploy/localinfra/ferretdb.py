@@ -131,6 +131,17 @@ class LocalFerretDB(ManagedProcess):
 
     # -- running ------------------------------------------------------------
 
+    def is_stale(self) -> bool:
+        pid = self.pid
+        if pid is None:
+            return False
+        try:
+            running = os.readlink(f"/proc/{pid}/exe")
+        except OSError:  # no /proc (macOS): cannot tell
+            return False
+        # A rebuild replaces the file: the old process's executable shows as "(deleted)".
+        return running.endswith(" (deleted)") or Path(running) != self.binary.resolve()
+
     def _command(self) -> list[str]:
         return [
             str(self.binary),
