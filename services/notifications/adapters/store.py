@@ -4,9 +4,9 @@
   index on (source event id, channel, recipient). Recording a delivery is an insert there; a
   duplicate key means the event was already handled: the idempotency rule, no check-then-insert.
 - ``deliveries``: the deliveries not finished yet (queued, sending, retrying, waiting for quiet
-  hours to end). Kept small, in number and in size: finished ones leave, and the source event
-  each is rendered from is in ``delivery_payloads`` (insert-only, read by ``_id``, purged after
-  ``PAYLOAD_RETENTION``: the event holds personal data, and sealed secrets).
+  hours to end), each with the source event it is rendered from (as JSON text). Kept small:
+  finished ones leave, and with them the source event (it holds personal data, and sealed
+  secrets), so nothing has to be purged later.
 - ``delivery_history``: finished deliveries, one document each (``_id`` = delivery id).
 - ``delivery_outcomes``: a DocumentStore of event carriers: each document carries a batch of
   ``notification.sent`` / ``notification.failed`` events in its outbox, and the relay deletes it
@@ -27,12 +27,10 @@ scans only small collections. On MongoDB the declared indexes serve every query 
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from pymongo import DESCENDING
@@ -56,7 +54,6 @@ def store_busy(error: BaseException) -> bool:
 
 ACTIVE = "deliveries"
 LEDGER = "delivery_ledger"
-PAYLOADS = "delivery_payloads"
 OUTCOMES = "delivery_outcomes"
 HISTORY = "delivery_history"
 RECIPIENTS = "recipients"
@@ -66,22 +63,18 @@ INDEXES = [
     IndexSpec(ACTIVE, (("next_attempt_at", 1),), name="due"),
     IndexSpec(ACTIVE, (("customer_id", 1), ("created_at", -1)), name="by_customer"),
     IndexSpec(HISTORY, (("customer_id", 1), ("created_at", -1)), name="by_customer"),
-    IndexSpec(PAYLOADS, (("created_at", 1),), name="age"),
 ]
 
 
-PAYLOAD_RETENTION = timedelta(days=3)  # longer than any delivery lives (retries, quiet hours)
 
 
 class DeliveryStore:
     def __init__(self, db: AsyncDatabase[dict[str, Any]], outcomes: DocumentStore) -> None:
         self.active = db[ACTIVE]
         self.ledger = db[LEDGER]
-        self.payloads = db[PAYLOADS]
         self.history = db[HISTORY]
         self.outcomes = outcomes
         self._active_inserts = InsertBatcher(self.active)
-        self._payload_inserts = InsertBatcher(self.payloads)
         self._ledger_inserts = InsertBatcher(self.ledger)
 
     # --- recording -----------------------------------------------------------------------------
@@ -89,15 +82,11 @@ class DeliveryStore:
     async def record(self, delivery: Delivery) -> bool:
         """Record a new delivery; False when its event was already handled.
 
-        The source event and the active document go first (together), then the ledger key: a
-        crash in between leaves a delivery that will be sent (and its key written then), never a
-        key without its delivery. A crash before both landed leaves the event uncommitted in Kafka:
-        it comes again and completes them. A key already in the ledger means a duplicate, unless
+        The active document (with its source event) goes first, then the ledger key: a crash in
+        between leaves a delivery that will be sent (and its key written then), never a key
+        without its delivery. A key already in the ledger means a duplicate, unless
         the delivery had failed and its source event was parked: a replay, and it is re-opened."""
-        _, inserted = await asyncio.gather(
-            self._payload_inserts.insert(delivery.payload()),  # False: kept from before, same event
-            self._active_inserts.insert(delivery.to_document()),
-        )
+        inserted = await self._active_inserts.insert(delivery.active_document())
         if not inserted:
             return False  # still active: recorded, not finished
         if await self._ledger_inserts.insert(ledger_key(delivery)):
@@ -119,16 +108,6 @@ class DeliveryStore:
     async def due(self, now: datetime, limit: int) -> list[Delivery]:
         raw = await self.active.find({"next_attempt_at": {"$lte": now}}, limit=limit * 4).to_list()
         return [d for d in map(Delivery.from_document, raw) if d.claimable(now)][:limit]
-
-    async def with_payload(self, delivery: Delivery) -> Delivery:
-        """A delivery read from the active set, with its source event (to render it, or park it)."""
-        payload = await self.payloads.find_one({"_id": delivery.id}) or {}
-        envelope = json.loads(payload["envelope"]) if payload.get("envelope") else {}
-        return replace(delivery, envelope=envelope, origin=payload.get("origin") or {})
-
-    async def purge_payloads(self, older_than: datetime) -> int:
-        result = await self.payloads.delete_many({"created_at": {"$lt": older_than}})
-        return result.deleted_count
 
     async def claim(self, delivery: Delivery, lease_until: datetime) -> bool:
         """Take the lease, if nobody took it since ``delivery`` was read."""

@@ -119,18 +119,19 @@ class Delivery:
         )
 
     def to_document(self) -> dict[str, Any]:
-        """The delivery's state, without the source event (kept apart: see ``payload``)."""
+        """The delivery's state, without the source event (what the history keeps for good)."""
         doc = {f.name: getattr(self, f.name) for f in _STORED}
         doc["_id"] = doc.pop("id")
         doc["status"] = self.status.value
         doc["log"] = list(self.log)
         return doc
 
-    def payload(self) -> dict[str, Any]:
-        """The source event and where it was read: what rendering and parking need."""
-        # As JSON text: a store like FerretDB turns a nested document into SQL JSON field by field.
-        return {"_id": self.id, "envelope": json.dumps(self.envelope, separators=(",", ":")), "origin": self.origin,
-                "created_at": self.created_at}
+    def active_document(self) -> dict[str, Any]:
+        """The state and the source event it is rendered (or parked) from, while it is being sent.
+        The event goes as JSON text: a store like FerretDB turns a nested document into SQL JSON
+        field by field, and nothing queries inside it."""
+        return {**self.to_document(), "envelope": json.dumps(self.envelope, separators=(",", ":")),
+                "origin": self.origin}
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> "Delivery":
@@ -139,7 +140,8 @@ class Delivery:
         values["id"] = doc["_id"]
         values["status"] = Status(doc.get("status", "queued"))
         values["log"] = tuple(doc.get("log", ()))
-        values["envelope"] = doc.get("envelope") or {}
+        envelope = doc.get("envelope") or {}
+        values["envelope"] = json.loads(envelope) if isinstance(envelope, str) else envelope
         values["origin"] = doc.get("origin") or {}
         return cls(**values)
 

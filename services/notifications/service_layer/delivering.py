@@ -142,7 +142,6 @@ class DeliveryWorker:
         while True:
             try:
                 await self.claim_due()
-                await self._outcomes.maintain()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -170,7 +169,7 @@ class DeliveryWorker:
                 continue
             await self._store.ensure_key(delivery)
             self._in_flight.add(delivery.id)
-            await self._queue.put(await self._store.with_payload(leased))  # the poller may wait; never a worker
+            await self._queue.put(leased)  # the poller may wait; never a worker
             claimed += 1
         return claimed
 

@@ -13,10 +13,9 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from datetime import timedelta
 from typing import Any
 
-from services.notifications.adapters.store import PAYLOAD_RETENTION, DeliveryStore
+from services.notifications.adapters.store import DeliveryStore
 from services.notifications.domain.delivery import Delivery, FinalOutcome, Status
 from services.notifications.service_layer.patience import patiently
 from shared.clock import Clock
@@ -63,7 +62,6 @@ class OutcomeLog:
         self._pending: list[FinalOutcome] = []
         self._arrived = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
-        self._last_purge: Any = None
 
     def add(self, outcome: FinalOutcome) -> None:
         self._pending.append(outcome)
@@ -144,9 +142,3 @@ class OutcomeLog:
         )
         await self._announce([outcome])
 
-    async def maintain(self) -> None:
-        """Once an hour, drop the source events of deliveries old enough to be over."""
-        now = self._clock.now()
-        if self._last_purge is None or now - self._last_purge > timedelta(hours=1):
-            self._last_purge = now
-            await self._store.purge_payloads(now - PAYLOAD_RETENTION)
