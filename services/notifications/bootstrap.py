@@ -12,7 +12,7 @@ from prometheus_client import Counter
 from services.notifications.adapters.dead_letters import DeadLetterPublisher
 from services.notifications.adapters.email_message import Sender
 from services.notifications.adapters.smtp import SmtpPool
-from services.notifications.adapters.store import INDEXES, OUTCOMES, RECIPIENTS, DeliveryStore
+from services.notifications.adapters.store import INDEXES, RECIPIENTS, DeliveryStore
 from services.notifications.adapters.templates import TemplateRenderer
 from services.notifications.adapters.twilio_sms import TwilioSms
 from services.notifications.domain.messages import MESSAGES, MessageSpec, MessageTable
@@ -93,13 +93,11 @@ def build(
     keyring = Keyring.parse(settings.event_secret_keys.get_secret_value())
     sender = Sender.parse(settings.smtp_from)
 
-    # Each document carries a batch of notification.sent/failed events; the relay deletes it once sent.
-    outcome_store = runtime.store(OUTCOMES, carrier=True)
     recipients = DocumentStore(runtime.db, RECIPIENTS)  # a projection: no events, not relayed
     runtime.indexes(INDEXES)
-    store = DeliveryStore(runtime.db, outcome_store)
-    outcomes = OutcomeLog(store, clock, source=settings.service_name, batch_max=settings.outcome_batch_max,
-                          flush_s=settings.outcome_flush_s)
+    store = DeliveryStore(runtime.db)
+    outcomes = OutcomeLog(store, clock, runtime.publish_now, source=settings.service_name,
+                          batch_max=settings.outcome_batch_max, flush_s=settings.outcome_flush_s)
 
     email = email or SmtpPool(
         settings.smtp_host, settings.smtp_port, size=settings.smtp_pool_size, timeout_s=settings.smtp_timeout_s,

@@ -64,17 +64,13 @@ class OutboxRelay:
         self._error_backoff_s = error_backoff_s
         self._sweep_s = sweep_s
         self._next_sweep = 0.0  # the first pass sweeps
-        self._hinted: dict[str, dict[str, None]] = {}
-        self._carriers: set[str] = set()  # collection -> ids, in the order written
+        self._hinted: dict[str, dict[str, None]] = {}  # collection -> ids, in the order written
         self._wake = asyncio.Event()
         self.after_publish: Callable[[], Awaitable[None]] | None = None  # a seam for fault-injection tests
 
-    def add_collection(self, name: str, *, carrier: bool = False) -> None:
-        """``carrier``: its documents only carry events and are deleted once those are sent."""
+    def add_collection(self, name: str) -> None:
         if name not in self._collections:
             self._collections.append(name)
-        if carrier:
-            self._carriers.add(name)
 
     def wake(self, collection: str | None = None, doc_id: str | None = None) -> None:
         """Called after a write that stored events in ``collection``/``doc_id``: relay them now."""
@@ -137,13 +133,10 @@ class OutboxRelay:
         await asyncio.gather(*(self._publish_document(doc) for doc in docs))
         if self.after_publish is not None:
             await self.after_publish()
-        if name in self._carriers:  # written once, so everything it carried is sent: drop it
-            await collection.delete_many({"_id": {"$in": [doc["_id"] for doc in docs]}})
-        else:
-            # FerretDB v1 never answers an update command of 100 or more statements: chunks of 50.
-            marks = [self._mark_sent(doc) for doc in docs]
-            for start in range(0, len(marks), 50):
-                await collection.bulk_write(marks[start : start + 50], ordered=False)
+        # FerretDB v1 never answers an update command of 100 or more statements: send chunks of 50.
+        marks = [self._mark_sent(doc) for doc in docs]
+        for start in range(0, len(marks), 50):
+            await collection.bulk_write(marks[start : start + 50], ordered=False)
         sent = sum(len(doc.get(OUTBOX, [])) for doc in docs)
         if self._metrics is not None:
             for doc in docs:

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import uvicorn
@@ -33,7 +33,8 @@ from shared.messaging.relay import OutboxRelay, faststream_publisher
 from shared.messaging.topics import TopicKeeper
 from shared.runtime.metrics import Metrics
 from shared.settings import ServiceSettings
-from shared.storage.documents import DocumentStore
+from shared.events.envelope import Envelope
+from shared.storage.documents import DocumentStore, outbox_entry
 from shared.storage.mongo import IndexSpec, connect, ensure_indexes
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,11 @@ class ServiceRuntime:
         self.topics = TopicKeeper(
             settings.kafka_bootstrap_servers, settings.topic_partitions, settings.topic_replication_factor
         )
+        self._publish = faststream_publisher(self.broker)
         self.relay = OutboxRelay(
             self.db,
             [],
-            faststream_publisher(self.broker),
+            self._publish,
             topics=self.topics,
             metrics=self.metrics,
             batch_max=settings.relay_batch_max,
@@ -71,20 +73,33 @@ class ServiceRuntime:
 
     # --- wiring -----------------------------------------------------------------------------
 
-    def store(self, collection: str, *, applied_window: int = 200, carrier: bool = False) -> DocumentStore:
-        """A document store whose outbox this process relays (``carrier``: see DocumentStore)."""
+    def store(self, collection: str, *, applied_window: int = 200) -> DocumentStore:
+        """A document store whose outbox this process relays."""
         store = DocumentStore(
             self.db,
             collection,
             applied_window=applied_window,
             on_events=self.relay.wake,
             topic_namespace=self.settings.topic_namespace,
-            carrier=carrier,
         )
         self._stores.append(store)
-        self.relay.add_collection(collection, carrier=carrier)
+        self.relay.add_collection(collection)
         self._indexes += store.indexes
         return store
+
+    async def publish_now(self, envelopes: Sequence[Envelope]) -> None:
+        """Publish events directly, bypassing the outbox (``acks=all``, idempotent producer).
+
+        Only for events whose durable record is elsewhere and which the caller publishes again
+        after a crash, with the same event ids (so consumers drop the copies). Everything else goes
+        through a ``DocumentStore`` write."""
+        entries = [outbox_entry(envelope, self.settings.topic_namespace) for envelope in envelopes]
+        await self.topics.ensure({entry["topic"] for entry in entries})
+        await asyncio.gather(
+            *(self._publish(e["topic"], e["key"], e["value"].encode(), e["headers"]) for e in entries)
+        )
+        for entry in entries:
+            self.metrics.relayed.labels(self.metrics.service, entry["topic"]).inc()
 
     def consumer(self, name: str | None = None) -> EventConsumer:
         """A consumer group ``leaseline-<service>[-<name>]``; register handlers with ``.on``."""

@@ -69,17 +69,12 @@ class DocumentStore:
         applied_window: int = 200,
         on_events: Callable[[str, str], None] | None = None,
         topic_namespace: str = "",
-        carrier: bool = False,
     ) -> None:
-        """``carrier``: the documents only carry events. Each is created once with its events and
-        never updated; the relay deletes it once they are sent (one delete for a whole batch,
-        instead of an update per document and a clean-up later)."""
         self.collection = db[collection]
         self.name = collection
         self._window = applied_window
         self._on_events = on_events
         self._namespace = topic_namespace
-        self.carrier = carrier
         # Concurrent loads and creations (a consumer's batch, parallel requests) share commands.
         self._reads = ReadBatcher(self.collection, projection={OUTBOX: False})
         self._inserts = InsertBatcher(self.collection)
@@ -147,8 +142,6 @@ class DocumentStore:
         applied: str | None = None,
     ) -> StoredDocument:
         """Save ``state`` over ``doc`` if nobody changed it since it was loaded."""
-        if self.carrier:
-            raise TypeError(f"{self.name} holds event carriers: they are created once, never updated")
         self._check_state(state)
         applied_ids = (doc.applied + [applied])[-self._window :] if applied else doc.applied
         changes: dict[str, Any] = {"$set": {**state, APPLIED: applied_ids}, "$inc": {VERSION: 1}}

@@ -20,7 +20,7 @@ from shared.messaging.dead_letters import read_parked, replay
 from shared.messaging.topics import TopicCreationRefused, TopicSpec, declared_topics, ensure_topics
 from shared.runtime.service import ServiceRuntime
 from shared.settings import ServiceSettings
-from shared.storage import ConcurrencyConflict, StoredDocument
+from shared.storage import ConcurrencyConflict
 from shared.storage.documents import PENDING
 from tests.conftest import Infrastructure
 from tests.integration.helpers import Child, eventually, read_topic
@@ -369,23 +369,3 @@ async def test_a_topic_the_broker_refuses_is_an_error_not_a_silence(settings: Se
     refused = TopicSpec(f"{settings.topic_namespace}{'x' * 260}", 1, 60_000)  # longer than Kafka allows
     with pytest.raises(TopicCreationRefused, match="error"):
         await ensure_topics(settings.kafka_bootstrap_servers, [refused], timeout_s=5)
-
-
-async def test_an_event_carrier_is_deleted_once_its_events_are_sent(
-    settings: ServiceSettings, mongo: Any, runtimes: list[ServiceRuntime]
-) -> None:
-    runtime = ServiceRuntime(settings)
-    carriers = runtime.store("carriers", carrier=True)
-    await runtime.start()
-    runtimes.append(runtime)
-    await carriers.create("batch_1", {"size": 2}, [activation(runtime, "cus_ann"), activation(runtime, "cus_bob")])
-    collection = mongo[settings.mongodb_database]["carriers"]
-    await eventually(lambda: _none_left(collection), 30, "the carrier deleted")
-    records = await read_topic(settings.kafka_bootstrap_servers, topic_for("customer.activated", settings.topic_namespace))
-    assert sorted(r.key for r in records) == [b"cus_ann", b"cus_bob"]
-    with pytest.raises(TypeError, match="never updated"):
-        await carriers.update(StoredDocument("batch_1", {}), {"size": 3})
-
-
-async def _none_left(collection: Any) -> bool:
-    return await collection.count_documents({}) == 0

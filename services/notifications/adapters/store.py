@@ -1,4 +1,4 @@
-"""Where deliveries live: four collections, shaped by what the store does quickly.
+"""Where deliveries live: three collections, shaped by what the store does quickly.
 
 - ``delivery_ledger``: one small document per delivery ever recorded, insert-only, with a unique
   index on (source event id, channel, recipient). Recording a delivery is an insert there; a
@@ -8,21 +8,18 @@
   finished ones leave, and with them the source event (it holds personal data, and sealed
   secrets), so nothing has to be purged later.
 - ``delivery_history``: finished deliveries, one document each (``_id`` = delivery id).
-- ``delivery_outcomes``: a DocumentStore of event carriers: each document carries a batch of
-  ``notification.sent`` / ``notification.failed`` events in its outbox, and the relay deletes it
-  once they are sent.
 
-A delivery finishes in three writes: its final state into the history, its event into the outbox,
+A delivery finishes in three steps: its final state into the history, its outcome event published,
 its active document out. A crash between them is repaired when the delivery is recovered (its lease
-ends): found in the history, its event is stored again, with the same event id (consumers drop the
-copy), and it is not sent again.
+ends): found in the history, its event is published again, with the same event id (consumers drop
+the copy), and it is not sent again.
 
 Why not one collection updated in place: on FerretDB v1 (SQLite), the local and test store, only
 inserts and lookups by ``_id`` take constant time; every other update, delete or query reads the
-whole collection (measured: 4 µs per stored document for an update, 30 to 75 µs per document for a
-query, per kB of document roughly), commands are served one at a time, and an update command of 100
-statements or more deadlocks the database. So the hot path inserts in batches, reads by ``_id``, and
-scans only small collections. On MongoDB the declared indexes serve every query here.
+whole collection (30 to 75 µs per document, per kB of document roughly), commands are served one at
+a time, and an update command of 100 statements or more deadlocks the database. Lookups by ``_id``
+are cheap only with our FerretDB patch (docs/assumptions.md). So the hot path inserts in batches,
+reads and deletes by ``_id``, and scans only the small active collection. On MongoDB the declared indexes serve every query here.
 """
 
 from __future__ import annotations
@@ -39,7 +36,6 @@ from pymongo.errors import BulkWriteError, OperationFailure
 
 from services.notifications.domain.delivery import Delivery
 from shared.storage.batching import InsertBatcher
-from shared.storage.documents import DocumentStore
 from shared.storage.mongo import IndexSpec
 
 log = logging.getLogger(__name__)
@@ -54,7 +50,6 @@ def store_busy(error: BaseException) -> bool:
 
 ACTIVE = "deliveries"
 LEDGER = "delivery_ledger"
-OUTCOMES = "delivery_outcomes"
 HISTORY = "delivery_history"
 RECIPIENTS = "recipients"
 
@@ -69,11 +64,10 @@ INDEXES = [
 
 
 class DeliveryStore:
-    def __init__(self, db: AsyncDatabase[dict[str, Any]], outcomes: DocumentStore) -> None:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
         self.active = db[ACTIVE]
         self.ledger = db[LEDGER]
         self.history = db[HISTORY]
-        self.outcomes = outcomes
         self._active_inserts = InsertBatcher(self.active)
         self._ledger_inserts = InsertBatcher(self.ledger)
 

@@ -1,10 +1,11 @@
-"""Final outcomes: archived, announced through the outbox, and taken out of the active set.
+"""Final outcomes: archived, announced, and taken out of the active set, in that order.
 
 Outcomes are written in batches (up to ``batch_max``, or every ``flush_s``): one insert of their
-final states into the history, one insert of a document carrying their ``notification.sent`` /
-``notification.failed`` events (the outbox: the relay publishes them), one delete from the active
-set. Event ids are derived from the delivery and its attempt, so an outcome announced twice after
-a crash is recognised by consumers as one.
+final states into the history, their ``notification.sent`` / ``notification.failed`` events
+published, one delete from the active set. The history is the durable record and the active
+document the mark "not announced yet", so no outbox document is needed: after a crash, recovery
+finds the delivery both active and in the history and announces it again. Event ids are derived
+from the delivery and its attempt, so an outcome announced twice is recognised by consumers as one.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from services.notifications.adapters.store import DeliveryStore
@@ -53,8 +54,18 @@ class OutcomeLog:
     """Collects final outcomes and writes them in batches, one batch at a time: when the store is
     slow, outcomes pile up into bigger batches (fewer, larger writes) instead of more writes."""
 
-    def __init__(self, store: DeliveryStore, clock: Clock, *, source: str, batch_max: int, flush_s: float) -> None:
+    def __init__(
+        self,
+        store: DeliveryStore,
+        clock: Clock,
+        publish: Callable[[Sequence[Envelope]], Awaitable[None]],
+        *,
+        source: str,
+        batch_max: int,
+        flush_s: float,
+    ) -> None:
         self._store = store
+        self._publish = publish
         self._clock = clock
         self._source = source
         self._batch_max = batch_max
@@ -111,11 +122,15 @@ class OutcomeLog:
         await self._announce(batch)
 
     async def _announce(self, batch: list[FinalOutcome]) -> None:
-        batch_id = f"out_{uuid.uuid4().hex}"
+        """Publish the outcome events, then let the deliveries leave the active set.
+
+        No outbox document is needed: the history is the outcome's durable record and the active
+        document is the mark "not announced yet". A crash before the release leaves the delivery
+        active; once its lease ends, recovery finds it in the history and announces it again,
+        with the same event id."""
         events = [self._envelope(outcome) for outcome in batch]
-        state: dict[str, Any] = {"notifications": [o.delivery.id for o in batch], "created_at": self._clock.now()}
         try:
-            await patiently(lambda: self._store.outcomes.create(batch_id, state, events), what="store outcome events")
+            await patiently(lambda: self._publish(events), what="publish outcome events")
             await patiently(lambda: self._store.release([o.delivery.id for o in batch]), what="release deliveries")
         except Exception:  # their leases will end; recovery finds them finished and announces them again
             log.warning("finishing a batch of deliveries failed; recovery will complete it", exc_info=True)

@@ -300,3 +300,34 @@ async def test_a_delivery_abandoned_by_a_sender_that_died_is_sent_by_the_next_on
     assert len(second.sinks.mail.to(jeanne["email"])) == 1
     [delivery] = await second.deliveries_of(jeanne["customer_id"])
     assert delivery["status"] == "sent"
+
+
+async def test_an_outcome_not_announced_before_a_failure_is_announced_by_recovery_and_not_sent_again(
+    notifications: StartNotifications, unique: str
+) -> None:
+    harness = await notifications(delivery_lease_s=1.0, delivery_poll_s=0.2)
+    outcomes = harness.service.outcomes
+    publish = outcomes._publish
+
+    async def broker_refuses(events: Any) -> None:
+        raise RuntimeError("the broker refused the outcome events")
+
+    outcomes._publish = broker_refuses
+    jeanne = person(unique)
+    envelope = harness.wrap(password_changed(jeanne))
+    await harness.publish(envelope)
+    await mail_to(harness, jeanne["email"])
+    await asyncio.sleep(0.5)
+    assert await harness.events_on("notification.sent") == []
+    still_active = await harness.service.store.active.find_one({"source_event_id": envelope.id})
+    assert still_active is not None, "not announced: the delivery stays active, so recovery can finish it"
+
+    outcomes._publish = publish  # the broker is back; the lease runs out and recovery takes over
+    sent = await eventually(lambda: harness.events_on("notification.sent"), 30, "notification.sent by recovery")
+    assert [e["data"]["source_event_id"] for e in sent] == [envelope.id]
+    await eventually(lambda: _gone(harness, envelope.id), 30, "the delivery released")
+    assert len(harness.sinks.mail.to(jeanne["email"])) == 1, "recovery announces; it does not send again"
+
+
+async def _gone(harness: Harness, source_event_id: str) -> bool:
+    return await harness.service.store.active.find_one({"source_event_id": source_event_id}) is None
