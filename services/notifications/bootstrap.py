@@ -124,7 +124,8 @@ def build(
         policy=RetryPolicy(settings.delivery_max_attempts, settings.delivery_backoff_initial_s,
                            settings.delivery_backoff_max_s),
         settings=WorkerSettings(concurrency=settings.delivery_concurrency, queue_max=settings.delivery_queue_max,
-                                poll_s=settings.delivery_poll_s, lease=timedelta(seconds=settings.delivery_lease_s)),
+                                poll_s=settings.delivery_poll_s, lease=timedelta(seconds=settings.delivery_lease_s),
+                                sweep_s=settings.delivery_sweep_s),
         sender=sender,
         portal_base_url=settings.portal_base_url,
         observe=lambda channel, outcome: sent.labels(channel, outcome).inc(),
@@ -141,6 +142,7 @@ def build(
         lease=timedelta(seconds=settings.delivery_lease_s),
         group_id=consumer.group_id,
         hand_over=worker.hand_over,
+        expect=worker.expect,
         on_duplicate=lambda topic: runtime.metrics.duplicates.labels(runtime.metrics.service, topic).inc(),
     )
     kafka.subscribe(consumer, recorder, table)

@@ -40,7 +40,8 @@ class NotificationSettings(ServiceSettings):
     delivery_lease_s: float = Field(default=60.0, gt=0, description="A claimed delivery is re-tried by anyone after this")
     delivery_concurrency: int = Field(default=32, ge=1)
     delivery_queue_max: int = Field(default=1000, ge=1, description="Deliveries waiting in memory before the consumer waits")
-    delivery_poll_s: float = Field(default=1.0, gt=0, description="How often due retries and deferred messages are looked for")
+    delivery_poll_s: float = Field(default=1.0, gt=0, description="How often this process checks whether what it scheduled fell due (in memory)")
+    delivery_sweep_s: float = Field(default=15.0, gt=0, description="How often the store is searched for due deliveries this process did not schedule (other processes', abandoned leases)")
     outcome_batch_max: int = Field(default=100, ge=1, description="Outcomes written (and events stored) per document")
     outcome_flush_s: float = Field(default=0.2, gt=0, description="Longest wait before outcomes are written")
 

@@ -2,7 +2,11 @@
 
 New deliveries arrive from the Kafka handler of this process, already leased to it. Retries that
 fall due, messages held back by quiet hours, and deliveries whose sender died (lease expired) are
-found by polling the active deliveries by ``next_attempt_at`` against the injected clock. A bounded
+found by querying the active deliveries by ``next_attempt_at`` against the injected clock: when
+something this process scheduled falls due (it keeps those times in memory), and otherwise every
+``sweep_s`` (other processes' work, abandoned leases, what a restart forgot). The query is a full
+scan on FerretDB v1, which serves one command at a time; polling it every second held up every
+other write while a burst was queued. A bounded
 queue between the two gives backpressure: when sending falls behind, the consumer waits rather
 than filling the store.
 """
@@ -11,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from pydantic import ValidationError
@@ -59,6 +64,7 @@ class WorkerSettings:
     queue_max: int
     poll_s: float
     lease: timedelta
+    sweep_s: float = 15.0
 
 
 class DeliveryWorker:
@@ -97,6 +103,9 @@ class DeliveryWorker:
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue(settings.queue_max)
         self._in_flight: set[str] = set()
         self._wake = asyncio.Event()
+        self._forced = True  # the first pass sweeps
+        self._scheduled: list[datetime] = []  # when what this process scheduled falls due (a heap)
+        self._next_sweep = 0.0
 
     # --- intake --------------------------------------------------------------------------------
 
@@ -109,7 +118,15 @@ class DeliveryWorker:
         return True
 
     def wake(self) -> None:
+        """Look for due deliveries now."""
+        self._forced = True
         self._wake.set()
+
+    def expect(self, at: datetime) -> None:
+        """Something recorded or rescheduled by this process falls due at ``at``."""
+        heapq.heappush(self._scheduled, at)
+        if at <= self._clock.now():
+            self.wake()
 
     # --- running -------------------------------------------------------------------------------
 
@@ -139,16 +156,32 @@ class DeliveryWorker:
                 self._in_flight.discard(delivery.id)
 
     async def _poll(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            try:
-                await self.claim_due()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("polling for due deliveries failed", exc_info=True)
+            if self._query_due(loop.time()):
+                try:
+                    await self.claim_due()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.warning("polling for due deliveries failed", exc_info=True)
+                    self._forced = True
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._settings.poll_s)
+
+    def _query_due(self, loop_now: float) -> bool:
+        """Whether to query the store now: asked to, something scheduled here fell due, or a
+        sweep is due. Consumes what it answers for."""
+        now = self._clock.now()
+        due = self._forced or loop_now >= self._next_sweep
+        while self._scheduled and self._scheduled[0] <= now:
+            heapq.heappop(self._scheduled)
+            due = True
+        if due:
+            self._forced = False
+            self._next_sweep = loop_now + self._settings.sweep_s
+        return due
 
     async def claim_due(self) -> int:
         """Claim what fell due (retries, quiet hours ended, abandoned leases) and queue it."""
@@ -220,6 +253,7 @@ class DeliveryWorker:
             return self._finish(delivery.finish(Status.FAILED, now, reason=reason, parked=parked))
         retry = delivery.retry_later(now, next_at, failure.reason)
         await patiently(lambda: self._store.retry_later(retry), what="schedule retry")
+        self.expect(next_at)
         self._observe(delivery.channel, "retrying")
         log.info("delivery will be retried", extra={"delivery": delivery.id, "attempt": retry.attempts,
                                                     "retry_at": next_at.isoformat(), "reason": failure.reason})
@@ -252,7 +286,7 @@ class DeliveryWorker:
             log=(),
         )
         await patiently(lambda: self._store.record(fallback), what="record fallback")
-        self.wake()
+        self.expect(now)
         return fallback.id
 
     async def _park(self, delivery: Delivery, reason: str, kind: str) -> bool:

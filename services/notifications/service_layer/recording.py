@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import WithJsonSchema
@@ -59,6 +59,7 @@ class Recorder:
     lease: timedelta
     group_id: str
     hand_over: Callable[[Delivery], Awaitable[bool]]
+    expect: Callable[[datetime], None]  # a deferred delivery falls due then (quiet hours)
     on_duplicate: Callable[[str], None] = lambda topic: None
 
     async def on_event(self, event: Event, received: Received) -> None:
@@ -88,6 +89,8 @@ class Recorder:
                 continue
             if delivery.lease_until is not None:
                 await self.hand_over(delivery)
+            elif delivery.next_attempt_at is not None:
+                self.expect(delivery.next_attempt_at)
 
     def _delivery(self, item: PlannedDelivery, data: dict[str, Any], received: Received, now: Any) -> Delivery:
         envelope = received.envelope

@@ -288,13 +288,13 @@ async def test_a_delivery_abandoned_by_a_sender_that_died_is_sent_by_the_next_on
     notifications: StartNotifications, unique: str
 ) -> None:
     stuck = Stuck()
-    first = await notifications(email=stuck, delivery_lease_s=2)
+    first = await notifications(email=stuck, delivery_lease_s=2, delivery_sweep_s=0.5)
     jeanne = person(unique)
     await first.publish(password_changed(jeanne))
     await asyncio.wait_for(stuck.called.wait(), 30)
     await first.service.runtime.stop()  # dies in the middle of sending
 
-    second = await notifications(delivery_lease_s=2)
+    second = await notifications(delivery_lease_s=2, delivery_sweep_s=0.5)
     [mail] = await mail_to(second, jeanne["email"])
     await asyncio.sleep(1.0)
     assert len(second.sinks.mail.to(jeanne["email"])) == 1
@@ -305,7 +305,7 @@ async def test_a_delivery_abandoned_by_a_sender_that_died_is_sent_by_the_next_on
 async def test_an_outcome_not_announced_before_a_failure_is_announced_by_recovery_and_not_sent_again(
     notifications: StartNotifications, unique: str
 ) -> None:
-    harness = await notifications(delivery_lease_s=1.0, delivery_poll_s=0.2)
+    harness = await notifications(delivery_lease_s=1.0, delivery_sweep_s=0.5)
     outcomes = harness.service.outcomes
     publish = outcomes._publish
 
