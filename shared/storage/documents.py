@@ -36,6 +36,12 @@ class ConcurrencyConflict(Exception):
     """Someone else changed the document since it was loaded: load again and retry."""
 
 
+class DocumentExists(DuplicateKeyError, ConcurrencyConflict):
+    """``create`` lost a race: someone created the document since it was found missing. Load it
+    again and update it (a consumer retries this by itself). Still a duplicate key error, for the
+    callers that treat any duplicate as "already there"."""
+
+
 @dataclass
 class StoredDocument:
     id: str
@@ -115,7 +121,8 @@ class DocumentStore:
         *,
         applied: str | None = None,
     ) -> StoredDocument:
-        """Insert a new aggregate; raises ``DuplicateKeyError`` when it (or a unique key) exists."""
+        """Insert a new aggregate; raises ``DocumentExists`` when it exists (a race: retry), and
+        ``DuplicateKeyError`` when another document holds one of its unique keys."""
         self._check_state(state)
         applied_ids = [applied] if applied else []
         inserted = await self._inserts.insert(
@@ -129,7 +136,9 @@ class DocumentStore:
             }
         )
         if not inserted:
-            raise DuplicateKeyError(f"{self.name}/{doc_id} exists, or another document has one of its unique keys", 11000)
+            if await self.collection.find_one({"_id": doc_id}, projection={"_id": True}) is not None:
+                raise DocumentExists(f"{self.name}/{doc_id} was created meanwhile", 11000)
+            raise DuplicateKeyError(f"{self.name}/{doc_id}: another document has one of its unique keys", 11000)
         self._wake(doc_id, events)
         return StoredDocument(doc_id, dict(state), 1, applied_ids)
 

@@ -369,3 +369,41 @@ async def test_a_topic_the_broker_refuses_is_an_error_not_a_silence(settings: Se
     refused = TopicSpec(f"{settings.topic_namespace}{'x' * 260}", 1, 60_000)  # longer than Kafka allows
     with pytest.raises(TopicCreationRefused, match="error"):
         await ensure_topics(settings.kafka_bootstrap_servers, [refused], timeout_s=5)
+
+
+async def test_a_handler_that_loses_the_race_to_create_a_document_is_retried_and_updates_it(
+    settings: ServiceSettings, runtimes: list[ServiceRuntime]
+) -> None:
+    """Events with different keys are handled concurrently, and two of them may write one document
+    (a contract's events and its customer's record, say): both may find it missing. The loser of
+    the race to create it is retried (it then updates), never parked."""
+    runtime = ServiceRuntime(settings)
+    tallies = runtime.store("tallies")
+    consumer = runtime.consumer("race")
+    attempts: list[int] = []
+
+    @consumer.on(CustomerActivated)
+    async def count(event: CustomerActivated, delivery: Delivery) -> None:
+        attempts.append(delivery.attempt)
+        doc = await tallies.get("shared")
+        if doc is not None and doc.has_applied(delivery.event_id):
+            return
+        if doc is None:
+            if delivery.attempt == 1:  # the other handler creates it between our load and our create
+                await tallies.create("shared", {"n": 1}, applied="the-other-event")
+            await tallies.create("shared", {"n": 1}, applied=delivery.event_id)
+        else:
+            await tallies.update(doc, {"n": doc.state["n"] + 1}, applied=delivery.event_id)
+
+    await runtime.start()
+    runtimes.append(runtime)
+    await publish_raw(settings, topic_for("customer.activated", settings.topic_namespace),
+                      [(b"cus_ann", wire(activation(runtime, "cus_ann")))])
+
+    async def both_counted() -> bool:
+        doc = await tallies.get("shared")
+        return doc is not None and doc.state["n"] == 2
+
+    await eventually(both_counted, 30, "both creations counted")
+    assert attempts == [1, 2], "the lost race was retried once"
+    assert await read_parked(settings.kafka_bootstrap_servers, topic_for("customer.activated", settings.topic_namespace)) == []
