@@ -108,6 +108,14 @@ async def test_registering_a_taken_email_answers_the_same_and_tells_the_owner(id
     assert (await identity.runtime.db["accounts"].count_documents({"email": owner["email"]})) == 1
 
 
+async def test_a_long_passphrase_is_accepted_and_signs_in(identity: Harness) -> None:
+    passphrase = "the quiet heron waits by the copper canal while seven lanterns drift south past the old mill of Gent"
+    assert len(passphrase) == 100, "longer than the 72 characters the strength estimator reads"
+    who = await register_and_activate(identity, "Lucien Aubry", password=passphrase)
+    signed_in = await login(identity, who)
+    assert signed_in.status_code == 200 and signed_in.json()["status"] == "authenticated"
+
+
 @pytest.mark.parametrize(
     ("change", "field", "code"),
     [
@@ -115,6 +123,7 @@ async def test_registering_a_taken_email_answers_the_same_and_tells_the_owner(id
         ({"password": "Tiny-7bq"}, "password", "password_too_short"),
         ({"password": "passwordpassword"}, "password", "password_too_weak"),
         ({"password": "Martin-Gaspard-2026!"}, "password", "password_personal"),
+        ({"password": "Velvet-Harbour-Lantern-42-" * 4 + "x" * 25}, "password", "password_too_long"),  # 129
         ({"email": "not an email"}, "email", "value_error"),
         ({"mobile": "+33 1 23"}, "mobile", "value_error"),
         ({"locale": "de-DE"}, "locale", "literal_error"),

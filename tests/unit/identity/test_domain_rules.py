@@ -35,6 +35,29 @@ def test_a_password_must_be_long_strong_and_impersonal() -> None:
     assert policy.problems("Jeanne-Orchard-Compass", ["jeanne.martin@example.fr"])[0].code == "password_personal"
 
 
+PASSPHRASE_100 = (
+    "the quiet heron waits by the copper canal while seven lanterns drift south past the old mill of Gent"
+)
+
+
+def test_a_passphrase_longer_than_the_strength_estimator_takes_is_judged_not_crashed() -> None:
+    policy = PasswordPolicy()
+    assert len(PASSPHRASE_100) == 100
+    assert policy.problems(PASSPHRASE_100) == []
+    assert policy.problems("x" * 128)[0].code == "password_too_weak", "up to the maximum, strength is still judged"
+    assert policy.problems("x" * 129)[0].code == "password_too_long"
+
+
+def test_a_long_password_weak_in_its_first_72_characters_is_refused_whatever_follows() -> None:
+    weak_start = "password" * 9 + "Q7#vLm2@pX9!kR4$wZ"
+    assert PasswordPolicy().problems(weak_start)[0].code == "password_too_weak"
+
+
+def test_a_name_hidden_after_the_72nd_character_is_still_found() -> None:
+    hidden = PASSPHRASE_100[:80] + " jeanne"
+    assert PasswordPolicy().problems(hidden, ["Jeanne"])[0].code == "password_personal"
+
+
 def test_five_failures_lock_for_15_minutes_then_30_60_120_then_for_good() -> None:
     policy, state, durations = LockoutPolicy(), LockState(), []
     now = NOON
