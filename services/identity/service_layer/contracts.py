@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
@@ -21,6 +22,9 @@ from shared.events import (
     CustomerAccessEnded,
 )
 from shared.messaging import Delivery
+from shared.storage import StoredDocument
+
+log = logging.getLogger(__name__)
 
 
 async def request_link(ctx: Identity, caller: Caller, account_id: str, *, method: str, first_name: str | None = None,
@@ -49,9 +53,27 @@ async def request_link(ctx: Identity, caller: Caller, account_id: str, *, method
     return await retrying(attempt)
 
 
-async def on_link_verified(ctx: Identity, event: ContractLinkVerified, delivery: Delivery) -> None:
+async def _account_of_verdict(ctx: Identity, event: ContractLinkVerified | ContractLinkRejected,
+                              delivery: Delivery) -> StoredDocument | None:
+    """The account a verdict is about; None when it was applied already or the account is unknown here.
+
+    Contracts only answers link requests identity sent, so a verdict for an account identity does
+    not have is not routine (a wrong topic namespace, an account id mangled on the way, a store
+    restored from an old backup): it is dropped, since no retry would make the account appear,
+    and logged for an operator to look at."""
     doc = await ctx.stores.accounts.get(event.customer_id)
-    if doc is None or doc.has_applied(delivery.event_id):
+    if doc is None:
+        log.warning(
+            "link verdict for an account unknown here: dropped",
+            extra={"event_id": delivery.event_id, "event_type": event.event_type, "customer_id": event.customer_id},
+        )
+        return None
+    return None if doc.has_applied(delivery.event_id) else doc
+
+
+async def on_link_verified(ctx: Identity, event: ContractLinkVerified, delivery: Delivery) -> None:
+    doc = await _account_of_verdict(ctx, event, delivery)
+    if doc is None:
         return
     link = doc.state.get("link", {}) | {"status": "verified", "verified_at": ctx.now(), "reason": None}
     numbers = sorted(set(doc.state.get("contract_numbers", [])) | set(event.contract_numbers))
@@ -63,8 +85,8 @@ async def on_link_verified(ctx: Identity, event: ContractLinkVerified, delivery:
 
 
 async def on_link_rejected(ctx: Identity, event: ContractLinkRejected, delivery: Delivery) -> None:
-    doc = await ctx.stores.accounts.get(event.customer_id)
-    if doc is None or doc.has_applied(delivery.event_id):
+    doc = await _account_of_verdict(ctx, event, delivery)
+    if doc is None:
         return
     if doc.state.get("link", {}).get("status") == "verified":
         await ctx.stores.accounts.update(doc, doc.state, applied=delivery.event_id)  # a stale answer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from datetime import date, timedelta
 from decimal import Decimal
@@ -84,6 +85,24 @@ async def test_a_rejected_link_is_shown_with_its_reason(identity: Harness) -> No
         return link if link["status"] == "rejected" else None
 
     assert (await eventually(rejected, 20, "the rejection"))["reason"] == "no_match"
+
+
+async def test_a_verdict_for_an_account_unknown_here_is_dropped_and_logged_for_an_operator(
+    identity: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="services.identity.service_layer.contracts")
+    verdicts = [
+        await identity.publish(ContractLinkVerified(customer_id="cus_unknown_here", customer_number="BE-404404",
+                                                    contract_numbers=["BE-404404-L1"])),
+        await identity.publish(ContractLinkRejected(customer_id="cus_unknown_either", reason="no_match")),
+    ]
+
+    def warned() -> set[str]:
+        return {getattr(r, "event_id", None) for r in caplog.records if r.levelno == logging.WARNING}
+
+    await eventually(lambda: {v.id for v in verdicts} <= warned(), 20, "a warning naming each verdict's event id")
+    assert await identity.runtime.db["accounts"].count_documents({"_id": {"$in": ["cus_unknown_here",
+                                                                                  "cus_unknown_either"]}}) == 0
 
 
 async def test_after_linking_a_new_device_is_authorised_by_code_and_remembered(identity: Harness) -> None:
