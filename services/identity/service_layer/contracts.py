@@ -72,16 +72,25 @@ async def _account_of_verdict(ctx: Identity, event: ContractLinkVerified | Contr
 
 
 async def on_link_verified(ctx: Identity, event: ContractLinkVerified, delivery: Delivery) -> None:
+    """Mark the login linked. From the link on, every device must be authorised: the sessions opened
+    before it (on devices nobody authorised) end, in the same write, so that neither they nor their
+    refresh tokens carry over and the next sign-in asks for the device. A later verdict for a login
+    already linked (more contracts) ends nothing: its sessions were opened on authorised devices."""
     doc = await _account_of_verdict(ctx, event, delivery)
     if doc is None:
         return
-    link = doc.state.get("link", {}) | {"status": "verified", "verified_at": ctx.now(), "reason": None}
+    newly_linked = doc.state.get("link", {}).get("status") != "verified"
+    link = doc.state.get("link", {}) | {"status": "verified", "reason": None}
+    if newly_linked:
+        link["verified_at"] = ctx.now()
     numbers = sorted(set(doc.state.get("contract_numbers", [])) | set(event.contract_numbers))
-    await ctx.stores.accounts.update(
-        doc,
-        doc.state | {"link": link, "customer_number": event.customer_number, "contract_numbers": numbers},
-        applied=delivery.event_id,
-    )
+    changes: dict[str, Any] = {"link": link, "customer_number": event.customer_number, "contract_numbers": numbers}
+    if newly_linked:
+        changes |= next_generation(doc.state)
+    await ctx.stores.accounts.update(doc, doc.state | changes, applied=delivery.event_id)
+    if newly_linked:
+        # The generation already ended them; this marks them for the list the customer sees.
+        await mark_sessions_revoked(ctx, doc.id, "contract_linked")
 
 
 async def on_link_rejected(ctx: Identity, event: ContractLinkRejected, delivery: Delivery) -> None:

@@ -52,12 +52,12 @@ async def linked(identity: Harness, name: str, **extra: object) -> tuple[dict, s
     await identity.publish(ContractLinkVerified(customer_id=who["customer_id"], customer_number=customer_number,
                                                 contract_numbers=[f"{customer_number}-L1"]))
 
-    async def is_linked() -> bool:
-        me = (await http.get("/v1/me", headers=bearer(tokens))).json()
-        return me["link"]["status"] == "verified"
-
-    await eventually(is_linked, 20, "the link verified")
+    await eventually(lambda: link_status_is(identity, who, "verified"), 20, "the link verified")
     return who, customer_number
+
+
+async def link_status_is(identity: Harness, who: dict, status: str) -> bool:
+    return (await identity.account(who["email"]))["link"]["status"] == status
 
 
 async def test_a_vin_with_i_o_or_q_is_refused_with_a_hint(identity: Harness) -> None:
@@ -103,6 +103,42 @@ async def test_a_verdict_for_an_account_unknown_here_is_dropped_and_logged_for_a
     await eventually(lambda: {v.id for v in verdicts} <= warned(), 20, "a warning naming each verdict's event id")
     assert await identity.runtime.db["accounts"].count_documents({"_id": {"$in": ["cus_unknown_here",
                                                                                   "cus_unknown_either"]}}) == 0
+
+
+async def test_sessions_opened_before_the_link_end_so_that_the_next_sign_in_authorises_the_device(
+    identity: Harness,
+) -> None:
+    who = await register_and_activate(identity, "Gilles Perrot")
+    http = identity.http()
+    before = (await login(identity, who)).json()
+    assert before["status"] == "authenticated", "not linked yet: no device authorisation"
+    customer_number = f"BE-{uuid.uuid4().hex[:6]}"
+    verdict = ContractLinkVerified(customer_id=who["customer_id"], customer_number=customer_number,
+                                   contract_numbers=[f"{customer_number}-L1"])
+    await identity.publish(verdict)
+    await eventually(lambda: link_status_is(identity, who, "verified"), 20, "the link verified")
+
+    refreshed = await http.post("/v1/sessions/refresh", json={"refresh_token": before["refresh_token"]})
+    assert refreshed.status_code == 401 and refreshed.json()["error"]["code"] == "session_ended"
+    assert (await http.get("/v1/me", headers=bearer(before))).json()["error"]["code"] == "session_ended"
+    challenge = (await login(identity, who)).json()
+    assert challenge["status"] == "device_authorisation_required"
+
+    await http.post("/v1/device-challenges/code", json={"challenge": challenge["challenge"], "channel": "email"})
+    (issued,) = await identity.events(DeviceCodeIssued, customer_id=who["customer_id"])
+    after = (await http.post("/v1/device-challenges/verify", json={
+        "challenge": challenge["challenge"], "code": unseal(identity, issued, "code")})).json()
+    more = verdict.model_copy(update={"contract_numbers": [f"{customer_number}-L2"]})
+    await identity.publish(more)
+
+    async def both_contracts_known() -> bool:
+        return len((await identity.account(who["email"]))["contract_numbers"]) == 2
+
+    await eventually(both_contracts_known, 20, "the second verdict applied")
+    assert (await http.get("/v1/me", headers=bearer(after))).status_code == 200, \
+        "a verdict for a login already linked ends no session opened on an authorised device"
+    listed = (await http.get("/v1/me/sessions", headers=bearer(after))).json()
+    assert [s["session_id"] for s in listed] == [after["session_id"]]
 
 
 async def test_after_linking_a_new_device_is_authorised_by_code_and_remembered(identity: Harness) -> None:
