@@ -12,6 +12,9 @@ AT = datetime(2026, 11, 22, 9, 30, tzinfo=UTC)
 RING = Keyring.parse("examples:" + "A" * 43)
 JEANNE = {"email": "jeanne.martin@example.fr", "locale": "fr-FR", "first_name": "Jeanne"}
 DEALER = c.Dealer(name="Garage du Parc", address="12 rue des Lilas", city="Lyon", postcode="69003")
+# Accents outside GSM-7 (ô, ç) turn a whole SMS to UCS-2: 67 characters a segment instead of 153.
+LONG_DEALER = c.Dealer(name="Garage Côté Beaulieu Automobiles", address="147 boulevard François-Mitterrand",
+                       city="Besançon", postcode="25000")
 
 
 def example_events() -> list[c.Event]:

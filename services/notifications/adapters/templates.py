@@ -31,13 +31,11 @@ import jinja2
 from jinja2 import StrictUndefined, pass_context, select_autoescape
 
 from services.notifications.domain.locales import format_for, recipient_zone, template_chain
-from services.notifications.domain.sms import Segments, normalise, segments
+from services.notifications.domain.sms import Segments, normalise, segment_limit, segments
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
 EMAIL_BLOCKS = ("subject", "body", "action")
 COMMON_BLOCKS = ("greeting", "signature", "footer", "marketing_footer", "unsubscribe", "link_hint")
-ONE_SEGMENT = frozenset({"device_code", "registration_code"})  # codes must arrive in one piece
-MAX_SEGMENTS = 3
 
 _URL = re.compile(r"https?://[^\s<>\"']+")
 _BLANK_LINES = re.compile(r"\n{3,}")
@@ -45,6 +43,17 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 
 class TemplateError(Exception):
     """A message cannot be rendered: a template or a block is missing, or a value is."""
+
+
+class SmsTooLong(TemplateError):
+    """The text rendered, but needs more segments than its template may take (a long dealer name
+    and address with accents, which turn the whole text to UCS-2): the email may still go."""
+
+    def __init__(self, template: str, locale: str, counted: Segments, limit: int) -> None:
+        super().__init__(f"{template}.sms ({locale}) needs {counted.count} {counted.encoding} segments, "
+                         f"at most {limit} allowed")
+        self.segments = counted
+        self.limit = limit
 
 
 @dataclass(frozen=True)
@@ -78,7 +87,8 @@ class TemplateRenderer:
             lstrip_blocks=True,
             auto_reload=False,
         )
-        self.env.filters.update(money=_money, date=_date, long_date=_long_date, time=_time, number=_number)
+        self.env.filters.update(money=_money, date=_date, long_date=_long_date, short_date=_short_date, time=_time,
+                                number=_number)
         self.env.filters["linkify"] = _linkify
         self._found: dict[tuple[str, str, str, str], jinja2.Template | None] = {}
         self._words: dict[str, dict[str, str]] = {}
@@ -190,9 +200,9 @@ class TemplateRenderer:
     def sms(self, template: str, locale: str, context: Mapping[str, Any]) -> RenderedSms:
         text = normalise(" ".join(self._block(f"{template}.sms", "text", locale, context).split()))
         counted = segments(text)
-        limit = 1 if template in ONE_SEGMENT else MAX_SEGMENTS
+        limit = segment_limit(template)
         if counted.count > limit:
-            raise TemplateError(f"{template}.sms ({locale}) needs {counted.count} segments, at most {limit} allowed")
+            raise SmsTooLong(template, locale, counted, limit)
         return RenderedSms(text, counted)
 
 
@@ -236,6 +246,13 @@ def _date(context: Any, value: date | datetime) -> str:
     if isinstance(value, datetime):
         value = _as_local(context, value).date()
     return format_for(context["locale"]).date(value)
+
+
+@pass_context
+def _short_date(context: Any, value: date | datetime) -> str:
+    if isinstance(value, datetime):
+        value = _as_local(context, value).date()
+    return format_for(context["locale"]).day_month(value)
 
 
 @pass_context

@@ -55,8 +55,12 @@ class LocaleFormat:
         return f"{number}{NBSP}{symbol}"
 
     def date(self, value: date) -> str:
+        return f"{self.day_month(value)} {value.year}"
+
+    def day_month(self, value: date) -> str:
+        """The date without its year, for a text about the next few days (an SMS reminder)."""
         day = "1er" if self.language == "fr" and value.day == 1 else str(value.day)
-        return f"{day} {self.months[value.month - 1]} {value.year}"
+        return f"{day} {self.months[value.month - 1]}"
 
     def long_date(self, value: date) -> str:
         return f"{self.days[value.weekday()]} {self.date(value)}"

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from services.notifications.adapters.dead_letters import DeadLetterPublisher
 from services.notifications.adapters.email_message import Sender, build_email, message_id
 from services.notifications.adapters.store import DeliveryStore
-from services.notifications.adapters.templates import TemplateError, TemplateRenderer
+from services.notifications.adapters.templates import SmsTooLong, TemplateError, TemplateRenderer
 from services.notifications.domain.delivery import Delivery, FinalOutcome, Status
 from services.notifications.domain.messages import Category, MessageTable
 from services.notifications.domain.planning import address, delivery_id
@@ -219,6 +219,17 @@ class DeliveryWorker:
                                                 permanent=True))
         try:
             rendered = self._render(delivery)
+        except SmsTooLong as error:
+            # The email says the same without a length limit: the line's fallback takes over.
+            recipient = self._fallback_recipient(delivery)
+            if recipient is not None:
+                reason = f"cannot send by {delivery.channel}: {error}"
+                fallback_id = await self._fall_back(delivery, reason, recipient)
+                return self._finish(delivery.finish(Status.FAILED, now, reason=reason, permanent=True,
+                                                    fallback_id=fallback_id))
+            reason = f"cannot render {delivery.template}.{delivery.channel}: {error}"
+            parked = await self._park(delivery, reason, "render_failed")
+            return self._finish(delivery.finish(Status.FAILED, now, reason=reason, permanent=True, parked=parked))
         except (TemplateError, SealError, ValidationError, UnknownEvent, KeyError) as error:
             reason = f"cannot render {delivery.template}.{delivery.channel}: {type(error).__name__}: {error}"
             parked = await self._park(delivery, reason, "render_failed")
@@ -228,7 +239,8 @@ class DeliveryWorker:
         except TransientFailure as failure:
             return await self._transient(delivery, failure)
         except PermanentFailure as failure:
-            fallback_id = await self._fall_back(delivery, failure.reason)
+            recipient = self._fallback_recipient(delivery)
+            fallback_id = await self._fall_back(delivery, failure.reason, recipient) if recipient else None
             return self._finish(delivery.finish(Status.FAILED, self._clock.now(), reason=failure.reason,
                                                 permanent=True, fallback_id=fallback_id))
         return self._finish(delivery.finish(Status.SENT, self._clock.now(), provider_id=provider_id))
@@ -259,15 +271,18 @@ class DeliveryWorker:
                                                     "retry_at": next_at.isoformat(), "reason": failure.reason})
         return None
 
-    async def _fall_back(self, delivery: Delivery, reason: str) -> str | None:
-        """A permanent refusal on the first channel: the same message on the fallback channel.
-        Recorded as due now and picked up by the poller at once (a worker never waits for room
-        in the queue it takes from)."""
+    @staticmethod
+    def _fallback_recipient(delivery: Delivery) -> str | None:
+        """Where the message goes on the line's fallback channel, if it has one and the event says."""
         if not delivery.fallback_channel:
             return None
-        recipient = address(delivery.fallback_channel, delivery.envelope.get("data", {}), None)
-        if recipient is None:
-            return None
+        return address(delivery.fallback_channel, delivery.envelope.get("data", {}), None)
+
+    async def _fall_back(self, delivery: Delivery, reason: str, recipient: str) -> str:
+        """The first channel cannot deliver: the same message on the fallback channel.
+        Recorded as due now and picked up by the poller at once (a worker never waits for room
+        in the queue it takes from)."""
+        assert delivery.fallback_channel is not None
         now = self._clock.now()
         fallback = replace(
             delivery,
@@ -277,7 +292,7 @@ class DeliveryWorker:
             created_at=now,
             fallback_channel=None,
             fallback_of=delivery.id,
-            note=f"{delivery.channel} refused: {reason}",
+            note=f"instead of {delivery.channel}: {reason}",
             status=Status.QUEUED,
             attempts=0,
             next_attempt_at=now,

@@ -18,7 +18,7 @@ from shared.events import catalogue as c
 from shared.messaging.dead_letters import replay
 from tests.integration.helpers import eventually
 from tests.integration.notifications.conftest import PORTAL, Harness, StartNotifications, person
-from tests.unit.examples import DEALER, RING
+from tests.unit.examples import DEALER, LONG_DEALER, RING
 
 pytestmark = pytest.mark.integration
 
@@ -221,7 +221,35 @@ async def test_a_reminder_waits_for_the_end_of_quiet_hours_but_a_code_does_not(
     harness.service.worker.wake()
     reminded = await eventually(lambda: [m for m in harness.sinks.sms.messages if m.to == "+33611112222"], 30,
                                 "the reminder at eight")
-    assert "23 novembre 2026 à 14 h 00" in reminded[0].body
+    assert "23 novembre à 14 h 00" in reminded[0].body
+
+
+async def test_a_reminder_too_long_for_three_sms_segments_goes_by_email(
+    notifications: StartNotifications, unique: str
+) -> None:
+    noon_in_paris = datetime(2026, 11, 22, 11, 0, tzinfo=UTC)
+    harness = await notifications(clock=FixedClock(noon_in_paris))
+    jeanne = person(unique)
+    dealer = LONG_DEALER.model_copy(update={
+        "name": "Garage Côté Beaulieu Automobiles – Véhicules utilitaires",
+        "address": "Zone d'activités de Châteaufarine, 147 boulevard François-Mitterrand"})
+    reminder = c.AppointmentReminderDue(
+        appointment_id="apt_10", contract_number="FR-LOA-0042", mobile="+33611113333", dealer=dealer,
+        starts_at=datetime(2026, 11, 23, 13, 0, tzinfo=UTC), time_zone="Europe/Paris", **jeanne,
+    )
+    [envelope] = await harness.publish(reminder)
+
+    [mail] = await mail_to(harness, jeanne["email"])
+    assert "Châteaufarine" in mail.text() and mail.subject.startswith("Rappel")
+    found = await eventually(lambda: _deliveries(harness, jeanne, 2), 30, "both deliveries finished")
+    email, sms = (next(d for d in found if d["channel"] == channel) for channel in ("email", "sms"))
+    assert (sms["status"], sms["permanent"], sms["parked"]) == ("failed", True, False)
+    assert "UCS-2 segments, at most 3 allowed" in sms["reason"] and sms["fallback_id"] == email["id"]
+    assert (email["status"], email["fallback_of"]) == ("sent", sms["id"])
+    assert harness.sinks.sms.messages == [], "nothing was sent by SMS"
+    failed = await eventually(lambda: harness.events_on("notification.failed"), 30, "notification.failed")
+    assert failed[0]["data"]["source_event_id"] == envelope.id
+    assert failed[0]["data"]["fallback_notification_id"] == email["id"]
 
 
 async def test_marketing_goes_only_with_consent_and_carries_an_unsubscribe_link(

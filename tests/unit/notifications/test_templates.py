@@ -12,13 +12,13 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from services.notifications.adapters.email_message import Sender, build_email
-from services.notifications.adapters.templates import TEMPLATES_DIR, TemplateError, TemplateRenderer
+from services.notifications.adapters.templates import TEMPLATES_DIR, SmsTooLong, TemplateError, TemplateRenderer
 from services.notifications.domain.locales import LOCALES
 from services.notifications.domain.messages import MessageTable
 from services.notifications.domain.sms import segments
 from services.notifications.service_layer.recording import opened
 from shared.events import catalogue as c
-from tests.unit.examples import RING, example_events
+from tests.unit.examples import LONG_DEALER, RING, example_events
 
 PORTAL = "https://portal.leaseline.example"
 TABLE = MessageTable()
@@ -44,6 +44,8 @@ def variants() -> list[c.Event]:
         like("customer.access_ended", reason="terms_rejected"),
         like("customer.access_ended", reason="closed_by_administrator"),
         like("appointment.booked", booked_by="customer"),
+        like("appointment.booked", dealer=LONG_DEALER.model_dump()),
+        like("appointment.reminder_due", dealer=LONG_DEALER.model_dump()),
         like("appointment.cancelled", reason="customer_request", travel_fee_charged=None),
         like("appointment.cancelled", reason="dealer_unavailable", travel_fee_charged=None),
         like("inspection.completed", signed_by_customer=False, currency="CAD"),
@@ -109,6 +111,29 @@ def test_codes_fit_in_one_sms_segment_and_other_texts_in_three(locale: str) -> N
         counted = segments(sms.text)
         limit = 1 if template in {"device_code", "registration_code"} else 3
         assert counted.count <= limit, (template, locale, counted, sms.text)
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_a_reminder_for_a_dealer_with_a_long_accented_name_still_fits_three_segments(locale: str) -> None:
+    reminder = next(e for e in example_events() if e.event_type == "appointment.reminder_due")
+    at_besancon = c.AppointmentReminderDue.model_validate(reminder.model_dump() | {"dealer": LONG_DEALER.model_dump()})
+    sms = render("appointment_reminder", "sms", locale, at_besancon)
+    assert sms.segments.encoding == "UCS-2" and sms.segments.count <= 3, (sms.segments, sms.text)
+    assert "Besançon" in sms.text and "147 boulevard François-Mitterrand" in sms.text
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_a_reminder_too_long_for_three_segments_is_refused_as_such_and_its_email_still_renders(locale: str) -> None:
+    reminder = next(e for e in example_events() if e.event_type == "appointment.reminder_due")
+    longer = LONG_DEALER.model_copy(update={"name": "Garage Côté Beaulieu Automobiles – Véhicules utilitaires",
+                                            "address": "Zone d'activités de Châteaufarine, 147 boulevard François-Mitterrand"})
+    event = c.AppointmentReminderDue.model_validate(reminder.model_dump() | {"dealer": longer.model_dump()})
+    with pytest.raises(SmsTooLong) as refused:
+        render("appointment_reminder", "sms", locale, event)
+    assert refused.value.segments.count > refused.value.limit == 3
+    assert isinstance(refused.value, TemplateError)  # anything that does not know better treats it as one
+    email = render("appointment_reminder", "email", locale, event)
+    assert "Châteaufarine" in email.text
 
 
 def test_a_code_sms_with_accents_still_fits_one_gsm_segment() -> None:
