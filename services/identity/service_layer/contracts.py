@@ -120,10 +120,28 @@ def _with_access_end(state: dict[str, Any]) -> dict[str, Any]:
     return state | {"access_ends_at": _midnight(ends) if ends else None}
 
 
+def _has_running_contract(state: dict[str, Any]) -> bool:
+    return any(c["running"] for c in state["contracts"])
+
+
+async def _record_customer(ctx: Identity, doc: StoredDocument | None, customer_number: str, state: dict[str, Any],
+                           delivery: Delivery) -> None:
+    state = _with_access_end(state)
+    if doc is None:
+        await ctx.stores.customers.create(customer_number, state, applied=delivery.event_id)
+    else:
+        await ctx.stores.customers.update(doc, state, applied=delivery.event_id)
+    if _has_running_contract(state):
+        await restore_access(ctx, customer_number)
+
+
 async def on_contract_opened(ctx: Identity, event: ContractOpened, delivery: Delivery) -> None:
-    """Learn the customer number, the mobile and email on file; a running contract keeps access open."""
+    """Learn the customer number, the mobile and email on file; a running contract keeps access open,
+    and gives it back to a customer whose access had ended."""
     doc = await ctx.stores.customers.get(event.customer_number)
     if doc is not None and doc.has_applied(delivery.event_id):
+        if _has_running_contract(doc.state):
+            await restore_access(ctx, event.customer_number)  # a crash may have come between the two writes
         return
     state = doc.state if doc else {"contracts": [], "registration_code": None, "access_ended_at": None}
     contracts = [c for c in state["contracts"] if c["number"] != event.contract_number]
@@ -138,17 +156,15 @@ async def on_contract_opened(ctx: Identity, event: ContractOpened, delivery: Del
         "holder_first_name": event.holder_first_name,
         "holder_last_name": event.holder_last_name,
     }
-    state = _with_access_end(state)
-    if doc is None:
-        await ctx.stores.customers.create(event.customer_number, state, applied=delivery.event_id)
-    else:
-        await ctx.stores.customers.update(doc, state, applied=delivery.event_id)
+    await _record_customer(ctx, doc, event.customer_number, state, delivery)
 
 
 async def on_contract_closed(ctx: Identity, event: ContractClosed, delivery: Delivery) -> None:
     """Note the end; the sweep ends access 18 months after the last running contract ended."""
     doc = await ctx.stores.customers.get(event.customer_number)
     if doc is not None and doc.has_applied(delivery.event_id):
+        if _has_running_contract(doc.state):
+            await restore_access(ctx, event.customer_number)
         return
     state = doc.state if doc else {"contracts": [], "registration_code": None, "access_ended_at": None}
     closed = {"number": event.contract_number, "running": False, "closed_on": _midnight(event.closed_on)}
@@ -158,11 +174,39 @@ async def on_contract_closed(ctx: Identity, event: ContractClosed, delivery: Del
         contracts.append({"number": f"unseen-{event.contract_number}", "running": True, "closed_on": None})
     elif not event.customer_has_running_contract:
         contracts = [c for c in contracts if not c["number"].startswith("unseen-")]
-    state = _with_access_end(state | {"contracts": contracts})
-    if doc is None:
-        await ctx.stores.customers.create(event.customer_number, state, applied=delivery.event_id)
-    else:
-        await ctx.stores.customers.update(doc, state, applied=delivery.event_id)
+    await _record_customer(ctx, doc, event.customer_number, state | {"contracts": contracts}, delivery)
+
+
+async def restore_access(ctx: Identity, customer_number: str) -> int:
+    """Access depends on a running contract (002, art. 4.1): a customer whose access ended and who
+    signs a new one gets it back. The account returns to the status it had (active, nearly always);
+    its sessions stay ended, so the customer signs in again. Idempotent: only ended accounts change.
+
+    A conflicting write escapes (the consumer retries the event; the sweep wraps this in ``retrying``)."""
+    ended = ctx.stores.accounts.collection.find(
+        {"customer_number": customer_number, "status": rules.ACCESS_ENDED}, {"_id": 1}
+    )
+    restored = 0
+    for raw in await ended.to_list():
+        doc = await ctx.stores.accounts.get(raw["_id"])
+        if doc is None or doc.state["status"] != rules.ACCESS_ENDED:
+            continue
+        status = doc.state.get("access_ended_from") or rules.ACTIVE
+        await ctx.stores.accounts.update(
+            doc, doc.state | {"status": status, "access_ended_at": None, "access_restored_at": ctx.now()}
+        )
+        log.info("access restored by a running contract", extra={"customer_id": doc.id})
+        restored += 1
+    return restored
+
+
+async def _access_has_ended(ctx: Identity, customer_number: str) -> bool:
+    """Decided from the contracts themselves, as they are now (not from the sweep's earlier query)."""
+    customer = await ctx.stores.customers.get(customer_number)
+    if customer is None:
+        return False
+    ends = access_ends_on(_known(customer.state["contracts"]))
+    return ends is not None and _midnight(ends) <= ctx.now()
 
 
 async def end_expired_access(ctx: Identity) -> int:
@@ -170,29 +214,31 @@ async def end_expired_access(ctx: Identity) -> int:
 
     Idempotent: an account already ended is skipped, so a sweep interrupted halfway is simply run again.
     """
-    now = ctx.now()
     ended = 0
-    due = ctx.stores.customers.collection.find({"access_ends_at": {"$lte": now}}, {"_id": 1})
+    due = ctx.stores.customers.collection.find({"access_ends_at": {"$lte": ctx.now()}}, {"_id": 1})
     for customer in await due.to_list():
         accounts = ctx.stores.accounts.collection.find(
             {"customer_number": customer["_id"], "status": {"$ne": rules.ACCESS_ENDED}}, {"_id": 1}
         )
         for raw in await accounts.to_list():
-            if await _end_access(ctx, raw["_id"]):
+            if await _end_access(ctx, raw["_id"], customer["_id"]):
                 ended += 1
     return ended
 
 
-async def _end_access(ctx: Identity, account_id: str) -> bool:
+async def _end_access(ctx: Identity, account_id: str, customer_number: str) -> bool:
     async def attempt() -> bool:
         doc = await ctx.stores.accounts.get(account_id)
         if doc is None or doc.state["status"] == rules.ACCESS_ENDED:
             return False
+        if not await _access_has_ended(ctx, customer_number):
+            return False  # a contract opened since the sweep's query
         event = CustomerAccessEnded(customer_id=doc.id, reason="no_running_contract", **addressed(doc.state))
         now = ctx.now()
         await ctx.stores.accounts.update(
             doc,
-            doc.state | {"status": rules.ACCESS_ENDED, "access_ended_at": now, **next_generation(doc.state)},
+            doc.state | {"status": rules.ACCESS_ENDED, "access_ended_at": now, "access_ended_from": doc.state["status"],
+                         **next_generation(doc.state)},
             [ctx.envelope(event)],
         )
         return True
@@ -200,4 +246,9 @@ async def _end_access(ctx: Identity, account_id: str) -> bool:
     done = await retrying(attempt)
     if done:
         await mark_sessions_revoked(ctx, account_id, "access_ended")
+        # A contract opened between the check above and the write found this account still open and
+        # restored nothing; now that the end is written, look once more (the opening, written before
+        # its restore, is visible by now) and give access back.
+        if not await _access_has_ended(ctx, customer_number):
+            await retrying(lambda: restore_access(ctx, customer_number))
     return done

@@ -261,6 +261,49 @@ async def test_access_ends_18_months_after_the_last_running_contract_ended(ident
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "access_ended"
 
 
+async def test_a_new_running_contract_gives_access_back_to_a_customer_whose_access_had_ended(
+    identity: Harness,
+) -> None:
+    who, customer_number = await linked(identity, "Helene Vasseur")
+    await identity.publish(contract_opened(customer_number, f"{customer_number}-L1"))
+    closing = await identity.publish(ContractClosed(
+        contract_number=f"{customer_number}-L1", customer_number=customer_number,
+        closed_on=identity.clock.now().date(), reason="ended", customer_has_running_contract=False))
+    customers = identity.runtime.db["customer_numbers"]
+
+    async def closing_recorded() -> bool:
+        doc = await customers.find_one({"_id": customer_number})
+        return bool(doc and closing.id in doc["_applied"])
+
+    await eventually(closing_recorded, 20, "the closing recorded")
+    ctx = identity.runtime.identity
+    identity.clock.advance(timedelta(days=560))
+    try:
+        await end_expired_access(ctx)
+    finally:
+        identity.clock.advance(-timedelta(days=560))
+    assert (await identity.account(who["email"]))["status"] == "access_ended"
+    assert (await login(identity, who)).json()["error"]["code"] == "access_ended"
+
+    await identity.publish(contract_opened(customer_number, f"{customer_number}-L2"))
+
+    async def restored() -> bool:
+        return (await identity.account(who["email"]))["status"] == "active"
+
+    await eventually(restored, 20, "access given back by the new lease")
+    again = await login(identity, who)
+    assert again.status_code == 200 and again.json()["status"] == "device_authorisation_required"
+
+    # The sweep decides from the contracts as they are, not from an access end it queried earlier.
+    await customers.update_one({"_id": customer_number}, {"$set": {"access_ends_at": identity.clock.now()}})
+    identity.clock.advance(timedelta(days=1))
+    try:
+        await end_expired_access(ctx)
+    finally:
+        identity.clock.advance(-timedelta(days=1))
+    assert (await identity.account(who["email"]))["status"] == "active", "a running contract keeps access open"
+
+
 async def test_belgian_registration_starts_from_the_customer_number_and_a_texted_code(identity: Harness) -> None:
     customer_number = f"BE-{uuid.uuid4().hex[:6]}"
     await identity.publish(contract_opened(customer_number, f"{customer_number}-L1", mobile_on_file="+32470123456"))
