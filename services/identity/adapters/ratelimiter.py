@@ -23,27 +23,34 @@ class RateLimiter:
         self._counters = collection
 
     async def hit(self, key: str, limit: Limit, now: datetime) -> Window:
-        """Count one more use of ``key`` in the current window and return the window."""
-        stale = now - limit.window
-        for _ in range(3):
-            doc = await self._counters.find_one_and_update(
-                {"_id": key, "started": {"$gt": stale}}, {"$inc": {"count": 1}}, return_document=ReturnDocument.AFTER
-            )
-            if doc is not None:
-                return Window(doc["started"], doc["count"])
-            try:  # no window yet, or an old one: open a new one (a concurrent opener makes us count again)
-                doc = await self._counters.find_one_and_update(
-                    {"_id": key, "started": {"$lte": stale}},
-                    {"$set": {"started": now, "count": 1}},
-                    upsert=True,
-                    return_document=ReturnDocument.AFTER,
+        """Count one more use of ``key`` in the current window and return the window.
+
+        One command in the common case, whether the counter exists or not (an upsert), so that
+        counting costs the same for a subject seen before and for a new one. Once per window the
+        counter found is stale and is restarted with a second command."""
+        counter = await self._increment({"_id": key}, now, upsert=True)
+        if counter["started"] > now - limit.window:
+            return Window(counter["started"], counter["count"])
+        restarted = await self._counters.find_one_and_update(
+            {"_id": key, "started": counter["started"]},
+            {"$set": {"started": now, "count": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if restarted is None:  # a concurrent hit restarted it first: count in its window
+            restarted = await self._increment({"_id": key}, now, upsert=False)
+        return Window(restarted["started"], restarted["count"])
+
+    async def _increment(self, which: dict[str, Any], now: datetime, *, upsert: bool) -> dict[str, Any]:
+        change = {"$inc": {"count": 1}, "$setOnInsert": {"started": now}}
+        for _ in range(2):
+            try:
+                found = await self._counters.find_one_and_update(
+                    which, change, upsert=upsert, return_document=ReturnDocument.AFTER
                 )
-                return Window(doc["started"], doc["count"])
-            except Exception as error:
+            except Exception as error:  # two first hits upserted at once: the loser increments
                 if not is_duplicate_key(error):
                     raise
-        return Window(now, 1)
-
-    async def pad(self, key: str, now: datetime) -> None:
-        """One write of the size an account update costs: unknown emails take as long as known ones."""
-        await self._counters.update_one({"_id": key}, {"$set": {"started": now, "count": 0}}, upsert=True)
+                continue
+            if found is not None:
+                return found
+        raise RuntimeError(f"rate-limit counter {which['_id']} could not be counted")

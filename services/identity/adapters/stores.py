@@ -21,7 +21,7 @@ class Stores:
     audit: DocumentStore  # one document per administrative act, never updated
     policies: DocumentStore
     keys: DocumentStore
-    registration_attempts: DocumentStore  # registrations of an email that already has an account
+    registration_attempts: DocumentStore  # registrations of an email that already has an account, never updated
     limiter: RateLimiter
 
     @classmethod
@@ -50,10 +50,7 @@ INDEXES = [
     IndexSpec("sessions", (("account_id", 1),)),
     IndexSpec("devices", (("account_id", 1),)),
     IndexSpec("customer_numbers", (("access_ends_at", 1),)),
-    # as many indexes as accounts has: inserting an attempt costs what inserting an account costs
-    IndexSpec("registration_attempts", (("email", 1),)),
     IndexSpec("registration_attempts", (("account_id", 1),)),
-    IndexSpec("registration_attempts", (("at", 1),)),
     IndexSpec("audit", (("target_id", 1), ("at", 1))),
     IndexSpec("audit", (("organisation_id", 1), ("at", 1))),
 ]

@@ -90,21 +90,38 @@ class Identity:
     async def account_by_email(self, email: str) -> StoredDocument | None:
         return await self.stores.accounts.find_one({"email": email})
 
-    async def pad(self, subject: str) -> None:
-        """The write an unknown email would have caused had it been known (equal timing, see docs)."""
-        await self.stores.limiter.pad(counter_key("pad", "email", subject), self.now())
+    def answer_floor(self) -> "AnswerFloor":
+        """Starts now: see :class:`AnswerFloor`."""
+        return AnswerFloor(self.answer_floor_s)
 
 
-@contextlib.asynccontextmanager
-async def no_sooner_than(seconds: float) -> AsyncIterator[None]:
-    """Answer after at least ``seconds``: the paths for known and unknown emails do different writes
-    (an insert of a new account is slower on FerretDB than recording an attempt), so the answers
-    that must not tell them apart all leave at the same moment. Errors leave at once."""
-    started = time.perf_counter()
-    yield
-    left = seconds - (time.perf_counter() - started)
-    if left > 0:
-        await asyncio.sleep(left)
+class AnswerFloor:
+    """The moment before which an answer that must not tell known from unknown emails may not leave.
+
+    The work behind such answers differs with the answer's secret (a new account is inserted, an
+    existing one is told by email; a wrong password is counted against a known account only), and
+    so does its duration, by a millisecond or two on a local store: enough for a patient attacker to
+    tell them apart. So everything that depends on whether the email exists, rate limits and
+    lookups included, runs after the floor starts, and the answer leaves when the floor ends. The
+    answers are then as alike in time as they are in content, as long as the work fits in the
+    floor (``ANSWER_FLOOR_MS``, well above its p99; under an overload that exceeds it they leave
+    late, and differently late).
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self._until = time.perf_counter() + seconds
+
+    async def reached(self) -> None:
+        left = self._until - time.perf_counter()
+        if left > 0:
+            await asyncio.sleep(left)
+
+    @contextlib.asynccontextmanager
+    async def around(self) -> AsyncIterator[None]:
+        """For answers that are the same either way: the block's result leaves at the floor, a
+        refusal it raises (a rate limit, which counts an email whether it exists or not) at once."""
+        yield
+        await self.reached()
 
 
 async def retrying(attempt: Callable[[], Awaitable[T]], tries: int = 4) -> T:

@@ -8,7 +8,7 @@ from services.identity.domain import accounts as rules
 from services.identity.domain import tokens
 from services.identity.domain.errors import Refusal
 from services.identity.domain.lockout import LockState
-from services.identity.service_layer.context import Caller, Identity, addressed, no_sooner_than, retrying
+from services.identity.service_layer.context import Caller, Identity, addressed, retrying
 from services.identity.service_layer.registration import check_password
 from services.identity.service_layer.sessions import (
     end_all_sessions,
@@ -57,8 +57,8 @@ async def change(ctx: Identity, caller: Caller, account_id: str, current: str, n
 
 async def request_reset(ctx: Identity, caller: Caller, email: str) -> None:
     """Email a single-use reset link (1 hour; older links stop working). Unknown emails answered the same."""
-    await ctx.limit(caller, "password_reset", "send", email)
-    async with no_sooner_than(ctx.answer_floor_s):
+    async with ctx.answer_floor().around():
+        await ctx.limit(caller, "password_reset", "send", email)
         await _request_reset(ctx, caller, email)
 
 
@@ -66,7 +66,6 @@ async def _request_reset(ctx: Identity, caller: Caller, email: str) -> None:
     async def attempt() -> None:
         doc = await ctx.account_by_email(email)
         if doc is None or doc.state["status"] != rules.ACTIVE:
-            await ctx.pad(email)
             return
         issued = tokens.issue_token(doc.id, ctx.now(), tokens.RESET_TTL)
         state = doc.state | {

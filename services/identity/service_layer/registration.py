@@ -8,7 +8,7 @@ from typing import Any
 from services.identity.domain import accounts as rules
 from services.identity.domain import codes, tokens
 from services.identity.domain.errors import FieldProblem, Refusal
-from services.identity.service_layer.context import Caller, Identity, addressed, no_sooner_than, retrying
+from services.identity.service_layer.context import Caller, Identity, addressed, retrying
 from shared.events import (
     ActivationLinkReissued,
     CustomerActivated,
@@ -75,11 +75,13 @@ def new_account_state(ctx: Identity, reg: Registration, password_hash: str | Non
 async def register(ctx: Identity, caller: Caller, reg: Registration) -> None:
     """Create a pending account and send its activation link; for a taken email, tell its owner instead.
 
-    Both paths do the same work (one read, one argon2 hash, one write) and answer the same.
+    Both answer the same, at the same moment (see ``AnswerFloor``).
     """
-    check_password(ctx, reg.password, reg.first_name, reg.last_name, reg.email)
-    await ctx.limit(caller, "register", "send", reg.email)
-    async with no_sooner_than(ctx.answer_floor_s):
+    async with ctx.answer_floor().around():
+        # The strength check costs milliseconds of CPU: counted per address before it runs.
+        await ctx.limit(caller, "register_form", "check", None)
+        check_password(ctx, reg.password, reg.first_name, reg.last_name, reg.email)
+        await ctx.limit(caller, "register", "send", reg.email)
         await _register(ctx, caller, reg)
 
 
@@ -116,8 +118,8 @@ async def _create_pending(ctx: Identity, caller: Caller, reg: Registration, pass
 
 
 async def _tell_owner(ctx: Identity, caller: Caller, account: StoredDocument) -> None:
-    """Recorded as a new attempt document (not an update of the account): an insert costs what the
-    new account's insert costs, so a taken email takes as long to answer as a free one."""
+    """Recorded as a document of its own, not an update of the account: a registration never
+    changes an account it does not own (nor conflicts with its owner's writes)."""
     event = CustomerAlreadyRegistered(customer_id=account.id, **addressed(account.state))
     await ctx.stores.registration_attempts.create(
         tokens.new_id("rat"),
@@ -169,8 +171,8 @@ async def activate(ctx: Identity, caller: Caller, token: str, password: str | No
 
 async def resend_activation(ctx: Identity, caller: Caller, email: str) -> None:
     """A new link for a pending account (the old one stops working); otherwise nothing, answered the same."""
-    await ctx.limit(caller, "resend_activation", "send", email)
-    async with no_sooner_than(ctx.answer_floor_s):
+    async with ctx.answer_floor().around():
+        await ctx.limit(caller, "resend_activation", "send", email)
         await _resend(ctx, caller, email)
 
 
@@ -178,7 +180,6 @@ async def _resend(ctx: Identity, caller: Caller, email: str) -> None:
     async def attempt() -> None:
         doc = await ctx.account_by_email(email)
         if doc is None or doc.state["status"] != rules.PENDING:
-            await ctx.pad(email)
             return
         issued = tokens.issue_token(doc.id, ctx.now(), tokens.ACTIVATION_TTL)
         state = doc.state | {
@@ -201,8 +202,8 @@ async def _resend(ctx: Identity, caller: Caller, email: str) -> None:
 
 async def request_registration_code(ctx: Identity, caller: Caller, customer_number: str, locale: str) -> None:
     """Text a code to the mobile on file for this customer number; an unknown number is answered the same."""
-    await ctx.limit(caller, "registration_code", "send", customer_number)
-    async with no_sooner_than(ctx.answer_floor_s):
+    async with ctx.answer_floor().around():
+        await ctx.limit(caller, "registration_code", "send", customer_number)
         await _text_code(ctx, caller, customer_number, locale)
 
 
@@ -211,7 +212,6 @@ async def _text_code(ctx: Identity, caller: Caller, customer_number: str, locale
         doc = await ctx.stores.customers.get(customer_number)
         mobile = doc.state.get("mobile_on_file") if doc else None
         if doc is None or not mobile:
-            await ctx.pad(customer_number)
             return
         previous = doc.state.get("registration_code") or {}
         sends = previous.get("sends", 0) if previous.get("expires_at") and previous["expires_at"] > ctx.now() else 0

@@ -115,8 +115,10 @@ async def login(ctx: Identity, caller: Caller, cmd: Login) -> dict[str, Any]:
     """Check the password (at the same cost for unknown emails), then say what comes next.
 
     Account status (not activated, locked, disabled) is told only to whoever proved the password:
-    a wrong password always reads ``invalid_credentials``, whatever the account's state.
+    a wrong password always reads ``invalid_credentials``, whatever the account's state, and leaves
+    at the answer floor, whether the email is known (its failure counted) or not.
     """
+    floor = ctx.answer_floor()
     _, found = await asyncio.gather(ctx.limit(caller, "login", "check", cmd.email), ctx.account_by_email(cmd.email))
     account: StoredDocument | None = found
     stored_hash = account.state.get("password_hash") if account else None
@@ -125,10 +127,9 @@ async def login(ctx: Identity, caller: Caller, cmd: Login) -> dict[str, Any]:
     # "locked" would confirm a guess to whoever is guessing. The owner learns of the lock by
     # email (customer.account_locked), and the lock is told after it expires to nobody.
     if not proven or LockState.from_state(account.state).holds(ctx.now()):  # type: ignore[union-attr]
-        if account is None:
-            await ctx.pad(cmd.email)
-        else:
+        if account is not None:
             await record_failure(ctx, caller, account.id)
+        await floor.reached()
         raise invalid_credentials()
     assert account is not None
     return await after_password(ctx, caller, account, cmd.password, cmd.device_token)
