@@ -37,6 +37,12 @@ class NotificationSettings(ServiceSettings):
     delivery_max_attempts: int = Field(default=8, ge=1)
     delivery_backoff_initial_s: float = Field(default=5.0, gt=0)
     delivery_backoff_max_s: float = Field(default=600.0, gt=0)
+    delivery_fallback_after_attempts: int = Field(
+        default=3, ge=1, description="Transient failures after which a message with a fallback and an expiry (a code) "
+        "goes by its fallback channel")
+    delivery_fallback_margin_s: float = Field(
+        default=120.0, ge=0, description="Such a message also falls back when its next attempt would come this close "
+        "to its expiry")
     delivery_lease_s: float = Field(default=60.0, gt=0, description="A claimed delivery is re-tried by anyone after this")
     delivery_concurrency: int = Field(default=32, ge=1)
     delivery_queue_max: int = Field(default=1000, ge=1, description="Deliveries waiting in memory before the consumer waits")

@@ -31,7 +31,7 @@ from services.notifications.adapters.templates import SmsTooLong, TemplateError,
 from services.notifications.domain.delivery import Delivery, FinalOutcome, Status
 from services.notifications.domain.messages import Category, MessageTable
 from services.notifications.domain.planning import address, delivery_id
-from services.notifications.domain.retries import PermanentFailure, RetryPolicy, TransientFailure
+from services.notifications.domain.retries import FallBack, GiveUp, PermanentFailure, RetryPolicy, TransientFailure
 from services.notifications.service_layer.outcomes import OutcomeLog
 from services.notifications.service_layer.patience import patiently
 from services.notifications.service_layer.recording import opened
@@ -258,11 +258,20 @@ class DeliveryWorker:
 
     async def _transient(self, delivery: Delivery, failure: TransientFailure) -> FinalOutcome | None:
         now = self._clock.now()
-        next_at = self._policy.next_attempt_at(delivery.attempts + 1, now)
-        if next_at is None:
-            reason = f"gave up after {delivery.attempts + 1} attempts: {failure.reason}"
+        attempts = delivery.attempts + 1
+        recipient = self._fallback_recipient(delivery)
+        verdict = self._policy.after_transient_failure(attempts, now, expires_at=delivery.expires_at,
+                                                       can_fall_back=recipient is not None)
+        if isinstance(verdict, FallBack):
+            assert recipient is not None
+            reason = f"{failure.reason} ({verdict.why}; sent by {delivery.fallback_channel} instead)"
+            fallback_id = await self._fall_back(delivery, reason, recipient)
+            return self._finish(delivery.finish(Status.FAILED, now, reason=reason, fallback_id=fallback_id))
+        if isinstance(verdict, GiveUp):
+            reason = f"gave up after {attempts} attempts: {failure.reason}"
             parked = await self._park(delivery, reason, "delivery_failed")
             return self._finish(delivery.finish(Status.FAILED, now, reason=reason, parked=parked))
+        next_at = verdict.at
         retry = delivery.retry_later(now, next_at, failure.reason)
         await patiently(lambda: self._store.retry_later(retry), what="schedule retry")
         self.expect(next_at)

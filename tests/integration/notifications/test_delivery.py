@@ -113,6 +113,28 @@ async def test_an_invalid_number_is_recorded_and_the_code_goes_by_email(notifica
     assert failed[0]["data"]["source_event_id"] == envelope.id and failed[0]["data"]["permanent"] is True
 
 
+async def test_a_code_whose_sms_keeps_failing_transiently_goes_by_email_before_it_expires(
+    notifications: StartNotifications, unique: str
+) -> None:
+    harness = await notifications(delivery_fallback_after_attempts=3)
+    harness.sinks.sms.fail(status=503, code=20503, times=1000)  # Twilio down for longer than the code lives
+    jeanne = person(unique)
+    [envelope] = await harness.publish(device_code(jeanne, code="661204"))
+
+    [mail] = await mail_to(harness, jeanne["email"])
+    assert "661204" in mail.text()
+    found = await eventually(lambda: _deliveries(harness, jeanne, 2), 30, "both deliveries finished")
+    email, sms = (next(d for d in found if d["channel"] == channel) for channel in ("email", "sms"))
+    assert (sms["status"], sms["permanent"], sms["attempts"]) == ("failed", False, 3)
+    assert "20503" in sms["reason"] and sms["fallback_id"] == email["id"] and not sms["parked"]
+    assert [a["outcome"] for a in sms["history"]] == ["transient"] * 3
+    assert (email["status"], email["fallback_of"]) == ("sent", sms["id"])
+    assert harness.sinks.sms.messages == [] and harness.sinks.sms.state.requests == 3
+    failed = await eventually(lambda: harness.events_on("notification.failed"), 30, "notification.failed")
+    assert failed[0]["data"]["source_event_id"] == envelope.id and failed[0]["data"]["permanent"] is False
+    assert failed[0]["data"]["fallback_notification_id"] == email["id"]
+
+
 async def _deliveries(harness: Harness, who: dict[str, Any], count: int) -> list[dict[str, Any]] | None:
     found = await harness.deliveries_of(who["customer_id"])
     return found if len(found) == count and all(d["status"] in ("sent", "failed") for d in found) else None

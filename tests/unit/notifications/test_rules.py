@@ -14,7 +14,7 @@ from services.notifications.domain.locales import format_for, template_chain
 from services.notifications.domain.messages import MESSAGES, Category, MessageSpec, MessageTable, Urgency
 from services.notifications.domain.planning import Contact, QuietHours, delivery_id, plan
 from services.notifications.domain.quiet_hours import quiet_until
-from services.notifications.domain.retries import RetryPolicy
+from services.notifications.domain.retries import FallBack, GiveUp, RetryAt, RetryPolicy
 from services.notifications.domain.sms import segments
 from shared.events import EVENT_CLASSES, event_class
 from shared.events.catalogue import AddressedEvent, RegistrationCodeIssued
@@ -162,6 +162,53 @@ def test_retries_back_off_exponentially_with_jitter_and_are_bounded() -> None:
     delays = [(policy.next_attempt_at(n, NOON_PARIS, rng) - NOON_PARIS).total_seconds() for n in range(1, 5)]  # type: ignore[operator]
     assert 1 <= delays[0] <= 2 and 2 <= delays[1] <= 4 and 4 <= delays[2] <= 8 and 5 <= delays[3] <= 10
     assert policy.next_attempt_at(5, NOON_PARIS) is None
+
+
+DEFAULT_POLICY = RetryPolicy(max_attempts=8, initial_s=5, max_s=600)  # the service's defaults
+
+
+def test_without_a_fallback_a_transient_failure_is_retried_until_the_attempts_run_out() -> None:
+    code_expiry = NOON_PARIS + timedelta(minutes=10)
+    for attempts in range(1, 8):
+        verdict = DEFAULT_POLICY.after_transient_failure(attempts, NOON_PARIS, expires_at=code_expiry, can_fall_back=False)
+        assert isinstance(verdict, RetryAt), attempts
+    assert DEFAULT_POLICY.after_transient_failure(8, NOON_PARIS, expires_at=code_expiry, can_fall_back=False) == GiveUp()
+
+
+def test_a_message_with_a_fallback_but_no_deadline_keeps_its_channel() -> None:
+    verdict = DEFAULT_POLICY.after_transient_failure(5, NOON_PARIS, expires_at=None, can_fall_back=True)
+    assert isinstance(verdict, RetryAt)
+    assert DEFAULT_POLICY.after_transient_failure(8, NOON_PARIS, expires_at=None, can_fall_back=True) == GiveUp()
+
+
+def test_a_code_falls_back_after_a_bounded_number_of_transient_failures_with_time_to_spare() -> None:
+    expiry = NOON_PARIS + timedelta(minutes=10)
+    first, second = (DEFAULT_POLICY.after_transient_failure(n, NOON_PARIS, expires_at=expiry, can_fall_back=True)
+                     for n in (1, 2))
+    assert isinstance(first, RetryAt) and isinstance(second, RetryAt)
+    third = DEFAULT_POLICY.after_transient_failure(3, NOON_PARIS, expires_at=expiry, can_fall_back=True)
+    assert isinstance(third, FallBack) and "3 attempts" in third.why
+
+
+def test_a_code_falls_back_at_once_when_the_next_attempt_would_come_too_close_to_its_expiry() -> None:
+    almost_expired = NOON_PARIS + timedelta(seconds=121)  # margin 120 s, next attempt in 2.5 to 5 s
+    verdict = DEFAULT_POLICY.after_transient_failure(1, NOON_PARIS, expires_at=almost_expired, can_fall_back=True)
+    assert isinstance(verdict, FallBack) and "expiry" in verdict.why
+    roomy = NOON_PARIS + timedelta(seconds=126)
+    assert isinstance(DEFAULT_POLICY.after_transient_failure(1, NOON_PARIS, expires_at=roomy, can_fall_back=True), RetryAt)
+
+
+def test_a_code_whose_sms_keeps_failing_reaches_the_customer_by_email_long_before_it_expires() -> None:
+    rng = random.Random(3)
+    now, expiry, attempts = NOON_PARIS, NOON_PARIS + timedelta(minutes=10), 0
+    while True:
+        attempts += 1
+        verdict = DEFAULT_POLICY.after_transient_failure(attempts, now, expires_at=expiry, can_fall_back=True, rng=rng)
+        if not isinstance(verdict, RetryAt):
+            break
+        now = verdict.at
+    assert isinstance(verdict, FallBack)
+    assert now - NOON_PARIS <= timedelta(seconds=15), "5 s doubling: the third failure comes within 15 s"
 
 
 # --- SMS segments and locale formats ---------------------------------------------------------------
