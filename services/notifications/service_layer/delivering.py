@@ -22,8 +22,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from pydantic import ValidationError
-
 from services.notifications.adapters.dead_letters import DeadLetterPublisher
 from services.notifications.adapters.email_message import Sender, build_email, message_id
 from services.notifications.adapters.store import DeliveryStore
@@ -36,8 +34,8 @@ from services.notifications.service_layer.outcomes import OutcomeLog
 from services.notifications.service_layer.patience import patiently
 from services.notifications.service_layer.recording import opened
 from shared.clock import Clock
-from shared.crypto import Keyring, SealError
-from shared.events import Envelope, UnknownEvent, event_class
+from shared.crypto import Keyring
+from shared.events import Envelope, event_class
 from shared.logging import log_context, mask_email, mask_phone
 
 log = logging.getLogger(__name__)
@@ -150,7 +148,7 @@ class DeliveryWorker:
                     await self.attempt(delivery)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # its lease will end and the poller will pick it up again
+            except Exception:  # not even counted (the store is down): the lease ends, the poller retries
                 log.exception("delivery attempt crashed", extra={"delivery": delivery.id})
             finally:
                 self._in_flight.discard(delivery.id)
@@ -209,31 +207,39 @@ class DeliveryWorker:
     # --- one attempt ---------------------------------------------------------------------------
 
     async def attempt(self, delivery: Delivery) -> FinalOutcome | None:
-        """Send once. Returns the final outcome, or None when a retry was scheduled."""
+        """Send once. Returns the final outcome, or None when a retry was scheduled (or another
+        process took the delivery over)."""
         now = self._clock.now()
         if delivery.lease_until is not None and delivery.lease_until <= now:
             if not await self._store.claim(delivery, now + self._settings.lease):
                 return None  # waited too long in the queue: someone else took over
+        try:
+            outcome = await self._attempt(delivery, now)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            # Whatever went wrong (a bug, a store refusing a write), it is an attempt: counted,
+            # retried with backoff, and failed and parked once the attempts run out. Left to the
+            # lease alone, the delivery would be claimed and tried again forever.
+            log.exception("delivery attempt failed unexpectedly", extra={"delivery": delivery.id})
+            outcome = await self._transient(delivery, TransientFailure(f"unexpected {type(error).__name__}: {error}"))
+        return self._finish(outcome) if outcome is not None else None
+
+    async def _attempt(self, delivery: Delivery, now: datetime) -> FinalOutcome | None:
         if delivery.expired(now):
-            return self._finish(delivery.finish(Status.FAILED, now, reason="expired before it could be sent",
-                                                permanent=True))
+            return delivery.finish(Status.FAILED, now, reason="expired before it could be sent", permanent=True)
         try:
             rendered = self._render(delivery)
         except SmsTooLong as error:
             # The email says the same without a length limit: the line's fallback takes over.
             recipient = self._fallback_recipient(delivery)
-            if recipient is not None:
-                reason = f"cannot send by {delivery.channel}: {error}"
-                fallback_id = await self._fall_back(delivery, reason, recipient)
-                return self._finish(delivery.finish(Status.FAILED, now, reason=reason, permanent=True,
-                                                    fallback_id=fallback_id))
-            reason = f"cannot render {delivery.template}.{delivery.channel}: {error}"
-            parked = await self._park(delivery, reason, "render_failed")
-            return self._finish(delivery.finish(Status.FAILED, now, reason=reason, permanent=True, parked=parked))
-        except (TemplateError, SealError, ValidationError, UnknownEvent, KeyError) as error:
-            reason = f"cannot render {delivery.template}.{delivery.channel}: {type(error).__name__}: {error}"
-            parked = await self._park(delivery, reason, "render_failed")
-            return self._finish(delivery.finish(Status.FAILED, now, reason=reason, permanent=True, parked=parked))
+            if recipient is None:
+                return await self._cannot_render(delivery, now, error)
+            reason = f"cannot send by {delivery.channel}: {error}"
+            fallback_id = await self._fall_back(delivery, reason, recipient)
+            return delivery.finish(Status.FAILED, now, reason=reason, permanent=True, fallback_id=fallback_id)
+        except Exception as error:  # a template, a secret, the event or the table: no retry will fix it
+            return await self._cannot_render(delivery, now, error)
         try:
             provider_id = await self._send(delivery, rendered)
         except TransientFailure as failure:
@@ -241,9 +247,17 @@ class DeliveryWorker:
         except PermanentFailure as failure:
             recipient = self._fallback_recipient(delivery)
             fallback_id = await self._fall_back(delivery, failure.reason, recipient) if recipient else None
-            return self._finish(delivery.finish(Status.FAILED, self._clock.now(), reason=failure.reason,
-                                                permanent=True, fallback_id=fallback_id))
-        return self._finish(delivery.finish(Status.SENT, self._clock.now(), provider_id=provider_id))
+            return delivery.finish(Status.FAILED, self._clock.now(), reason=failure.reason, permanent=True,
+                                   fallback_id=fallback_id)
+        except Exception as error:  # a provider client's bug: whether it sent is unknown, so retry
+            log.exception("sending failed unexpectedly", extra={"delivery": delivery.id})
+            return await self._transient(delivery, TransientFailure(f"unexpected {type(error).__name__}: {error}"))
+        return delivery.finish(Status.SENT, self._clock.now(), provider_id=provider_id)
+
+    async def _cannot_render(self, delivery: Delivery, now: datetime, error: Exception) -> FinalOutcome:
+        reason = f"cannot render {delivery.template}.{delivery.channel}: {type(error).__name__}: {error}"
+        parked = await self._park(delivery, reason, "render_failed")
+        return delivery.finish(Status.FAILED, now, reason=reason, permanent=True, parked=parked)
 
     def _finish(self, outcome: FinalOutcome) -> FinalOutcome:
         self._outcomes.add(outcome)
@@ -266,11 +280,11 @@ class DeliveryWorker:
             assert recipient is not None
             reason = f"{failure.reason} ({verdict.why}; sent by {delivery.fallback_channel} instead)"
             fallback_id = await self._fall_back(delivery, reason, recipient)
-            return self._finish(delivery.finish(Status.FAILED, now, reason=reason, fallback_id=fallback_id))
+            return delivery.finish(Status.FAILED, now, reason=reason, fallback_id=fallback_id)
         if isinstance(verdict, GiveUp):
             reason = f"gave up after {attempts} attempts: {failure.reason}"
             parked = await self._park(delivery, reason, "delivery_failed")
-            return self._finish(delivery.finish(Status.FAILED, now, reason=reason, parked=parked))
+            return delivery.finish(Status.FAILED, now, reason=reason, parked=parked)
         next_at = verdict.at
         retry = delivery.retry_later(now, next_at, failure.reason)
         await patiently(lambda: self._store.retry_later(retry), what="schedule retry")
@@ -330,7 +344,9 @@ class DeliveryWorker:
             envelope = Envelope.model_validate(delivery.envelope)
             event = event_class(envelope.type, envelope.schemaversion).model_validate(envelope.data)
         data = opened(event, self._keyring)
-        spec = next(s for s in self._table.for_event(event.event_type, data) if s.template == delivery.template)
+        spec = next((s for s in self._table.for_event(event.event_type, data) if s.template == delivery.template), None)
+        if spec is None:  # the table changed between recording and sending
+            raise TemplateError(f"no line of the message table sends {delivery.template} for {event.event_type}")
         link = spec.link.build(self._portal, data) if spec.link else None
         context = self._renderer.context(data, delivery.locale, link)
         if delivery.channel == "sms":

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from deploy.sinks import SmtpCatcher
-from services.notifications.domain.messages import MESSAGES, Category
+from services.notifications.domain.messages import MESSAGES, Category, MessageTable
 from shared.clock import FixedClock
 from shared.events import catalogue as c
 from shared.messaging.dead_letters import replay
@@ -320,6 +320,62 @@ async def test_a_code_by_sms_reaches_the_number_known_from_the_customers_details
 
     [sms] = await eventually(lambda: harness.sinks.sms.messages, 30, "the SMS")
     assert sms.to == "+32470555666" and "909090" in sms.body
+
+
+class Broken:
+    """An email transport with a bug: every call raises something no one classified."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def send(self, sender: str, recipient: str, message: bytes) -> str:
+        self.calls += 1
+        raise RuntimeError("the transport tripped over itself")
+
+
+async def test_an_unexpected_error_counts_as_an_attempt_and_ends_failed_and_parked(
+    notifications: StartNotifications, unique: str
+) -> None:
+    broken = Broken()
+    harness = await notifications(email=broken, delivery_max_attempts=3, delivery_backoff_initial_s=0.1,
+                                  delivery_backoff_max_s=0.2, delivery_lease_s=2, delivery_sweep_s=0.5)
+    jeanne = person(unique)
+    [envelope] = await harness.publish(password_changed(jeanne))
+
+    [delivery] = await eventually(lambda: _deliveries(harness, jeanne, 1), 30, "the delivery given up")
+    assert (delivery["status"], delivery["attempts"], delivery["parked"]) == ("failed", 3, True)
+    assert "RuntimeError" in delivery["reason"] and "gave up after 3 attempts" in delivery["reason"]
+    [parked] = await harness.parked("customer.password_changed")
+    assert parked.headers["dlq-reason-kind"] == "delivery_failed" and json.loads(parked.value)["id"] == envelope.id
+    await asyncio.sleep(2 + 0.5 + 1.0)  # past the lease and a sweep: nothing claims it again
+    assert broken.calls == 3
+
+
+async def test_a_delivery_whose_line_left_the_table_before_it_was_sent_is_parked_as_unrenderable(
+    notifications: StartNotifications, unique: str
+) -> None:
+    late_in_paris = datetime(2026, 11, 22, 21, 30, tzinfo=UTC)
+    clock = FixedClock(late_in_paris)
+    harness = await notifications(clock=clock)
+    jeanne = person(unique)
+    reminder = c.AppointmentReminderDue(
+        appointment_id="apt_11", contract_number="FR-LOA-0042", mobile="+33611114444", dealer=DEALER,
+        starts_at=datetime(2026, 11, 23, 13, 0, tzinfo=UTC), time_zone="Europe/Paris", **jeanne,
+    )
+    [envelope] = await harness.publish(reminder)
+    await harness.wait_handled("appointment.reminder_due", 1)  # recorded, waiting for 08:00
+
+    # A new version of the service no longer sends this message (the table is data: it changes).
+    harness.service.worker._table = MessageTable(tuple(s for s in MESSAGES if s.template != "appointment_reminder"))
+    clock.set(datetime(2026, 11, 23, 7, 0, 1, tzinfo=UTC))
+    harness.service.worker.wake()
+
+    [delivery] = await eventually(lambda: _deliveries(harness, jeanne, 1), 30, "the delivery failed")
+    assert (delivery["status"], delivery["permanent"], delivery["parked"], delivery["attempts"]) == ("failed", True, True, 1)
+    assert "no line of the message table sends appointment_reminder" in delivery["reason"]
+    [parked] = await harness.parked("appointment.reminder_due")
+    assert parked.headers["dlq-reason-kind"] == "render_failed" and json.loads(parked.value)["id"] == envelope.id
+    assert harness.sinks.sms.messages == [] and harness.sinks.mail.to(jeanne["email"]) == []
 
 
 class Stuck:
