@@ -80,6 +80,17 @@ async def on_link_verified(ctx: Identity, event: ContractLinkVerified, delivery:
     if doc is None:
         return
     newly_linked = doc.state.get("link", {}).get("status") != "verified"
+    if not await claim_customer_number(ctx, event.customer_number, doc.id):
+        log.warning(
+            "link verdict for a customer number another login holds: not linked",
+            extra={"event_id": delivery.event_id, "customer_id": doc.id},
+        )
+        state = doc.state
+        if newly_linked:
+            state = state | {"link": doc.state.get("link", {}) | {
+                "status": "rejected", "reason": CUSTOMER_NUMBER_TAKEN, "rejected_at": ctx.now()}}
+        await ctx.stores.accounts.update(doc, state, applied=delivery.event_id)
+        return
     link = doc.state.get("link", {}) | {"status": "verified", "reason": None}
     if newly_linked:
         link["verified_at"] = ctx.now()
@@ -91,6 +102,37 @@ async def on_link_verified(ctx: Identity, event: ContractLinkVerified, delivery:
     if newly_linked:
         # The generation already ended them; this marks them for the list the customer sees.
         await mark_sessions_revoked(ctx, doc.id, "contract_linked")
+
+
+CUSTOMER_NUMBER_TAKEN = "customer_number_taken"
+
+
+def _new_customer_state() -> dict[str, Any]:
+    return {"contracts": [], "registration_code": None, "access_ended_at": None, "access_ends_at": None}
+
+
+async def claim_customer_number(ctx: Identity, customer_number: str, account_id: str) -> bool:
+    """One login per customer number: True when ``account_id`` holds it (now, or already).
+
+    The customer number's document records the account holding it (``account_id``), set by one
+    version-guarded write: of two accounts claiming at once, one wins and the other's write
+    conflicts, is retried, and finds it taken. Accounts that carry the number without a claim
+    (linked before claims existed, or registered Belgian-style) also hold it. A conflicting write
+    escapes as ``ConcurrencyConflict`` (the consumer retries the verdict)."""
+    doc = await ctx.stores.customers.get(customer_number)
+    holder = doc.state.get("account_id") if doc else None
+    if holder is not None:
+        return holder == account_id
+    unclaimed_holder = await ctx.stores.accounts.collection.find_one(
+        {"customer_number": customer_number, "_id": {"$ne": account_id}}, {"_id": 1}
+    )
+    if unclaimed_holder is not None:
+        return False
+    if doc is None:
+        await ctx.stores.customers.create(customer_number, _new_customer_state() | {"account_id": account_id})
+    else:
+        await ctx.stores.customers.update(doc, doc.state | {"account_id": account_id})
+    return True
 
 
 async def on_link_rejected(ctx: Identity, event: ContractLinkRejected, delivery: Delivery) -> None:
@@ -143,7 +185,7 @@ async def on_contract_opened(ctx: Identity, event: ContractOpened, delivery: Del
         if _has_running_contract(doc.state):
             await restore_access(ctx, event.customer_number)  # a crash may have come between the two writes
         return
-    state = doc.state if doc else {"contracts": [], "registration_code": None, "access_ended_at": None}
+    state = doc.state if doc else _new_customer_state()
     contracts = [c for c in state["contracts"] if c["number"] != event.contract_number]
     previous = next((c for c in state["contracts"] if c["number"] == event.contract_number), None)
     # Closed already (the close overtook the opening: they travel on different topics): stays closed.
@@ -166,7 +208,7 @@ async def on_contract_closed(ctx: Identity, event: ContractClosed, delivery: Del
         if _has_running_contract(doc.state):
             await restore_access(ctx, event.customer_number)
         return
-    state = doc.state if doc else {"contracts": [], "registration_code": None, "access_ended_at": None}
+    state = doc.state if doc else _new_customer_state()
     closed = {"number": event.contract_number, "running": False, "closed_on": _midnight(event.closed_on)}
     contracts = [c for c in state["contracts"] if c["number"] != event.contract_number] + [closed]
     if event.customer_has_running_contract and not any(c["running"] for c in contracts):

@@ -261,6 +261,40 @@ async def test_access_ends_18_months_after_the_last_running_contract_ended(ident
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "access_ended"
 
 
+async def test_a_customer_number_already_held_by_a_login_is_not_linked_to_a_second_one(identity: Harness) -> None:
+    holder, customer_number = await linked(identity, "Ines Lambert")
+    second = await register_and_activate(identity, "Ines Lambert")  # the same person, or someone with her card
+    await identity.publish(ContractLinkVerified(customer_id=second["customer_id"], customer_number=customer_number,
+                                                contract_numbers=[f"{customer_number}-L1"]))
+
+    await eventually(lambda: link_status_is(identity, second, "rejected"), 20, "the second link refused")
+    account = await identity.account(second["email"])
+    assert account["link"]["reason"] == "customer_number_taken" and account["customer_number"] is None
+    assert (await login(identity, second)).json()["status"] == "authenticated", "still an unlinked login"
+    assert (await identity.account(holder["email"]))["customer_number"] == customer_number
+    assert await identity.runtime.db["accounts"].count_documents({"customer_number": customer_number}) == 1
+
+
+async def test_a_customer_number_registered_belgian_style_is_not_linked_to_another_login(identity: Harness) -> None:
+    customer_number = f"BE-{uuid.uuid4().hex[:6]}"
+    await identity.publish(contract_opened(customer_number, f"{customer_number}-L1", mobile_on_file="+32470123457"))
+    await eventually(lambda: identity.runtime.db["customer_numbers"].find_one({"_id": customer_number}), 20,
+                     "contract.opened consumed")
+    http = identity.http()
+    await http.post("/v1/registrations/customer-number-codes", json={"customer_number": customer_number, "locale": "nl-BE"})
+    (issued,) = await identity.events(RegistrationCodeIssued, customer_number=customer_number)
+    lotte = {"first_name": "Lotte", "last_name": "Peeters", "email": f"lotte.{customer_number.lower()}@example.be",
+             "password": STRONG, "locale": "nl-BE", "terms_version": "BE-2026-01", "terms_accepted": True,
+             "customer_number": customer_number, "code": unseal(identity, issued, "code")}
+    assert (await http.post("/v1/registrations/by-customer-number", json=lotte)).status_code == 201
+
+    other = await register_and_activate(identity, "Kobe Maes")
+    await identity.publish(ContractLinkVerified(customer_id=other["customer_id"], customer_number=customer_number,
+                                                contract_numbers=[f"{customer_number}-L1"]))
+    await eventually(lambda: link_status_is(identity, other, "rejected"), 20, "the link refused")
+    assert (await identity.account(other["email"]))["link"]["reason"] == "customer_number_taken"
+
+
 async def test_a_new_running_contract_gives_access_back_to_a_customer_whose_access_had_ended(
     identity: Harness,
 ) -> None:
