@@ -149,6 +149,10 @@ async def activate(ctx: Identity, caller: Caller, token: str, password: str | No
         if doc is None:
             raise Refusal("activation_invalid", "this activation link is not valid", 400)
         _spent_and_check(doc, secret, ctx)
+        if doc.state["status"] != rules.PENDING:  # disabled (or ended) since the link was sent
+            raise rules.refusal_for_status(doc.state) or Refusal(
+                "activation_invalid", "this account is already active: sign in", 400
+            )
         state = dict(doc.state)
         if not state.get("password_hash"):
             if not password:

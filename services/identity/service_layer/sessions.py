@@ -13,7 +13,7 @@ from services.identity.domain.errors import Refusal
 from services.identity.domain.lockout import LockState, after_failure
 from services.identity.service_layer.context import Caller, Identity, addressed, retrying
 from shared.events import AccountLocked, AccountUnlocked, Envelope
-from shared.storage import StoredDocument
+from shared.storage import ConcurrencyConflict, StoredDocument
 
 INVALID_CREDENTIALS = "invalid_credentials"
 POLICY_DOC = "password-change"
@@ -196,7 +196,7 @@ async def settle_after_success(ctx: Identity, caller: Caller, account: StoredDoc
         return account
     try:
         return await ctx.stores.accounts.update(account, account.state | changes, events)
-    except Exception:
+    except ConcurrencyConflict:
         return account  # a concurrent write: the bookkeeping can wait for the next sign-in
 
 
@@ -226,8 +226,7 @@ async def refresh(ctx: Identity, caller: Caller, refresh_token: str) -> dict[str
     digest = tokens.hash_secret(secret)
     state = session.state
     if any(tokens.same(digest, spent) for spent in state.get("spent", [])):
-        if state["revoked_at"] is None:
-            await ctx.stores.sessions.update(session, state | {"revoked_at": now, "revoked_reason": "refresh_token_reused"})
+        await revoke_session(ctx, session_id, "refresh_token_reused", owner=state["account_id"])
         raise Refusal("refresh_token_reused", "this refresh token was already used: the session is closed, sign in again", 401)
     if not tokens.same(digest, state["refresh_hash"]):
         raise Refusal("refresh_token_invalid", "this refresh token is not valid: sign in again", 401)
@@ -241,7 +240,7 @@ async def refresh(ctx: Identity, caller: Caller, refresh_token: str) -> dict[str
             state | {"refresh_hash": tokens.hash_secret(new_secret), "spent": [*state.get("spent", []), digest][-100:],
                      "last_used_at": now},
         )
-    except Exception:
+    except ConcurrencyConflict:
         raise Refusal("refresh_token_invalid", "this refresh token was used at the same moment elsewhere", 401) from None
     return token_response(ctx, account, session_id, new_secret, state.get("device_id"), state.get("amr", ["pwd"]))
 
