@@ -13,6 +13,7 @@ aggregate (same topic, partition and key) are handled in order; different aggreg
 - The dead-letter topic cannot be written either: nothing is committed, the consumer seeks back
   and the batch is read again after a pause.
 - Shutdown cancels a running batch: it is not committed, so it is delivered again.
+- A replayed copy of a parked message is handled only by the group that parked it.
 
 FastStream runs the subscriber with ``AckPolicy.MANUAL``: FastStream never commits by itself (its
 other policies commit after a failure, or redeliver in a tight loop), this module does.
@@ -39,7 +40,7 @@ from shared.clock import Clock, SystemClock
 from shared.events.envelope import Envelope, Event
 from shared.events.registry import UnknownEvent, dead_letter_topic, event_class, topic_for
 from shared.logging import log_context
-from shared.messaging.dead_letters import park_headers
+from shared.messaging.dead_letters import park_headers, replay_target
 from shared.messaging.errors import is_transient
 from shared.runtime.metrics import Metrics
 from shared.settings import ServiceSettings
@@ -197,6 +198,9 @@ class EventConsumer:
     async def _process_one(self, record: ConsumerRecord[Any, Any]) -> None:
         labels = (self._metrics.service, record.topic)
         self._metrics.consumed.labels(*labels).inc()
+        target = replay_target(record)
+        if target is not None and target != self.group_id:
+            return  # a replayed copy of what another group parked (see shared.messaging.dead_letters)
         started = time.perf_counter()
         try:
             route, envelope, event = self._decode(record)

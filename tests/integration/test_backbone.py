@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,7 @@ from shared.events import CustomerActivated, Envelope
 from shared.events.registry import dead_letter_topic, topic_for
 from shared.messaging import Delivery, PermanentError
 from shared.messaging.dead_letters import read_parked, replay
-from shared.messaging.topics import TopicCreationRefused, TopicSpec, declared_topics, ensure_topics
+from shared.messaging.topics import TopicCreationRefused, TopicSpec, declared_topics, ensure_topics, specs_for
 from shared.runtime.service import ServiceRuntime
 from shared.settings import ServiceSettings
 from shared.storage import ConcurrencyConflict
@@ -167,6 +168,18 @@ async def _at_least_count(settings: ServiceSettings, mongo: Any, customer: str, 
     return count if count >= n else None
 
 
+async def _committed(settings: ServiceSettings, group: str, topic: str, at_least: int) -> int | None:
+    """The offsets ``group`` committed on ``topic``, added up over its partitions, once >= at_least."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    total = sum(max(0, meta.offset) for tp, meta in offsets.items() if tp.topic == topic)
+    return total if total >= at_least else None
+
+
 async def _parked(settings: ServiceSettings, topic: str, n: int) -> list[Any] | None:
     parked = await read_parked(settings.kafka_bootstrap_servers, topic)
     return parked if len(parked) >= n else None
@@ -198,6 +211,72 @@ async def test_parked_messages_are_replayed_once_the_cause_is_fixed(
     assert await replay(settings.kafka_bootstrap_servers, topic) == 1
     await eventually(lambda: handled == ["cus_chloe"], 30, "the replayed event handled")
     assert await replay(settings.kafka_bootstrap_servers, topic) == 0, "a second replay sends nothing again"
+
+
+async def test_a_replay_with_nothing_parked_reports_zero_at_once(settings: ServiceSettings) -> None:
+    topic = topic_for("customer.activated", settings.topic_namespace)
+    await ensure_topics(settings.kafka_bootstrap_servers, specs_for(topic, 3))
+    started = time.monotonic()
+    assert await replay(settings.kafka_bootstrap_servers, topic) == 0
+    # No group to join, no empty poll to wait out: the end offsets say at once there is nothing.
+    assert time.monotonic() - started < 1.5
+
+
+async def test_a_replay_sends_exactly_what_was_parked_when_it_started_once_even_if_it_is_parked_again(
+    settings: ServiceSettings, runtimes: list[ServiceRuntime], infra: Infrastructure
+) -> None:
+    runtime = ServiceRuntime(settings)
+    consumer = runtime.consumer("stubborn")
+
+    @consumer.on(CustomerActivated)
+    async def refuse(event: CustomerActivated, delivery: Delivery) -> None:
+        raise PermanentError(f"{event.customer_id} is still unknown")  # the cause is not fixed
+
+    await runtime.start()
+    runtimes.append(runtime)
+    topic = topic_for("customer.activated", settings.topic_namespace)
+    await publish_raw(settings, topic, [(f"cus_{n}".encode(), wire(activation(runtime, f"cus_{n}"))) for n in "xyz"])
+    await eventually(lambda: _parked(settings, topic, 3), 30, "three parked")
+
+    # Before the fix, replay re-read the copies it had just caused to be parked again, and looped.
+    assert await asyncio.wait_for(replay(settings.kafka_bootstrap_servers, topic), 30) == 3
+    await eventually(lambda: _parked(settings, topic, 6), 30, "the three replayed copies parked again")
+    assert len(await read_topic(infra.kafka_bootstrap, topic)) == 6, "each parked message sent back once"
+    assert await asyncio.wait_for(replay(settings.kafka_bootstrap_servers, topic), 30) == 3, "only the new ones"
+
+
+async def test_a_replayed_message_is_handled_again_only_by_the_group_that_parked_it(
+    settings: ServiceSettings, runtimes: list[ServiceRuntime]
+) -> None:
+    runtime = ServiceRuntime(settings)
+    picky, easy = runtime.consumer("picky"), runtime.consumer("easy")
+    fixed = asyncio.Event()
+    seen: dict[str, list[str]] = {"picky": [], "easy": []}
+
+    @picky.on(CustomerActivated)
+    async def picky_handler(event: CustomerActivated, delivery: Delivery) -> None:
+        seen["picky"].append(event.customer_id)
+        if not fixed.is_set():
+            raise PermanentError("not yet")
+
+    @easy.on(CustomerActivated)
+    async def easy_handler(event: CustomerActivated, delivery: Delivery) -> None:
+        seen["easy"].append(event.customer_id)
+
+    await runtime.start()
+    runtimes.append(runtime)
+    topic = topic_for("customer.activated", settings.topic_namespace)
+    await publish_raw(settings, topic, [(b"cus_gaspard", wire(activation(runtime, "cus_gaspard")))])
+    parked = await eventually(lambda: _parked(settings, topic, 1), 30, "picky parks it")
+    assert parked[0].consumer_group == picky.group_id
+    await eventually(lambda: seen["easy"] == ["cus_gaspard"], 30, "easy handles it")
+
+    fixed.set()
+    assert await replay(settings.kafka_bootstrap_servers, topic) == 1
+    await eventually(lambda: seen["picky"] == ["cus_gaspard", "cus_gaspard"], 30, "picky handles the replay")
+    # easy reads the copy too: once its group has committed past it, it must have skipped it.
+    await eventually(lambda: _committed(settings, easy.group_id, topic, 2), 30, "easy past the replayed copy")
+    assert seen["easy"] == ["cus_gaspard"], "the other group does not handle the replayed copy again"
 
 
 @pytest.fixture
