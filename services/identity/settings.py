@@ -39,6 +39,10 @@ class IdentitySettings(ServiceSettings):
     rate_address_checks_per_5min: int = Field(default=60, ge=1)
     rate_account_checks_per_15min: int = Field(default=30, ge=1)
     trust_forwarded_for: bool = Field(default=False, description="Behind a trusted proxy: client address from X-Forwarded-For")
+    trusted_proxy_hops: int = Field(
+        default=1, ge=1, description="How many proxies of ours append to X-Forwarded-For: the client is the entry "
+        "the outermost appended (counted from the right); entries left of it are the client's own and ignored",
+    )
 
     answer_floor_ms: int = Field(
         default=200, ge=0, description="Registration, reset and resend answer no sooner than this (equal timing)"

@@ -1,6 +1,6 @@
 """The HTTP API, version 1. Routes only translate: body -> handler call -> answer."""
 
-
+import ipaddress
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -39,6 +39,26 @@ REGISTRATION_ACCEPTED = (
 SENT_IF_KNOWN = "If an account matches, we sent an email with a link. Check your spam folder if it does not arrive."
 
 
+def client_address(peer: str, forwarded_for: list[str], trusted_hops: int) -> str:
+    """The client's address behind ``trusted_hops`` proxies of ours, from their X-Forwarded-For.
+
+    Each proxy appends the address it received the request from, so only the last ``trusted_hops``
+    entries were written by us; everything to their left came with the request and is whatever the
+    client chose to send (it would let anyone pick a fresh address per request and escape every
+    per-address limit). The entry our outermost proxy appended is the client. Fewer entries than
+    hops: the request passed fewer proxies, and the leftmost entry is the furthest one we can trust.
+    A malformed entry there is not an address: the peer is used.
+    """
+    entries = [e.strip() for value in forwarded_for for e in value.split(",") if e.strip()]
+    if not entries:
+        return peer
+    chosen = entries[-min(trusted_hops, len(entries))]
+    try:
+        return str(ipaddress.ip_address(chosen))
+    except ValueError:
+        return peer
+
+
 @dataclass(frozen=True)
 class Principal:
     account_id: str
@@ -69,8 +89,8 @@ def build_api(app: FastAPI, ctx: Identity, settings: IdentitySettings) -> None:
 
     def caller(request: Request) -> Caller:
         address = request.client.host if request.client else "unknown"
-        if settings.trust_forwarded_for and (forwarded := request.headers.get("x-forwarded-for")):
-            address = forwarded.split(",")[0].strip() or address
+        if settings.trust_forwarded_for:
+            address = client_address(address, request.headers.getlist("x-forwarded-for"), settings.trusted_proxy_hops)
         return Caller(
             correlation_id=getattr(request.state, "request_id", uuid.uuid4().hex),
             address=address,

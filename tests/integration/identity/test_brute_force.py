@@ -121,3 +121,22 @@ async def test_one_address_is_limited_across_accounts_on_every_endpoint_that_sen
             assert (await neighbour.post(path, json=body(99))).status_code != 429, path
     finally:
         await stop_harness(harness)
+
+
+async def test_behind_the_proxy_a_client_cannot_escape_the_address_limit_by_forging_forwarded_for(
+    infra: Infrastructure,
+) -> None:
+    harness = await start_harness(infra, trust_forwarded_for=True, rate_address_checks_per_5min=3)
+    try:
+        proxy = harness.http("10.0.0.5")  # every request arrives from the load balancer
+
+        async def sign_in_via_proxy(client_sent: str, proxy_saw: str) -> int:
+            answer = await proxy.post("/v1/sessions", json={"email": "nobody@example.fr", "password": WRONG},
+                                      headers={"X-Forwarded-For": f"{client_sent}, {proxy_saw}"})
+            return answer.status_code
+
+        statuses = [await sign_in_via_proxy(f"192.0.2.{i}", "203.0.113.66") for i in range(4)]
+        assert statuses == [401, 401, 401, 429], "a fresh forged address per request changes nothing"
+        assert await sign_in_via_proxy("192.0.2.1", "203.0.113.99") == 401, "another client is counted apart"
+    finally:
+        await stop_harness(harness)
