@@ -112,6 +112,7 @@ class DeliveryStore:
         return result.matched_count == 1
 
     async def retry_later(self, delivery: Delivery) -> None:
+        """A delivery that stays active until its next attempt (to send, or to park its event)."""
         await self.active.update_one(
             {"_id": delivery.id},
             {
@@ -122,6 +123,7 @@ class DeliveryStore:
                     "lease_until": None,
                     "last_error": delivery.last_error,
                     "log": list(delivery.log),
+                    "parking": delivery.parking,
                 }
             },
         )

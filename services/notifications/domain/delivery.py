@@ -6,6 +6,10 @@
                         ├─ transient failure, attempts exhausted ──▶ failed (source event parked)
                         └─ permanent failure ──▶ failed (+ a new delivery on the fallback channel)
 
+A failure whose source event cannot be parked yet (the broker refused it) stays active, failed
+with ``parking`` set, and parking is tried again later: the event must reach the dead-letter
+topic, or the failure could never be replayed.
+
 "sending" is a lease: whoever claimed the delivery may send it until ``lease_until``; after that,
 anyone may claim it again (the previous sender crashed). A message can therefore go out twice in
 that case, never zero times: at least once, with the same Message-ID.
@@ -56,6 +60,7 @@ class Delivery:
     lease_until: datetime | None = None
     last_error: str | None = None
     log: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    parking: dict[str, Any] | None = None  # {reason, kind, permanent, tries}: failed, not parked yet
     # The source event, already validated, when the delivery was handed over in this process
     # (never stored: it holds secrets in their sealed form only, but rendering needs types).
     event: Any = field(default=None, compare=False, repr=False)
@@ -116,6 +121,42 @@ class Delivery:
             permanent=permanent,
             parked=parked,
             fallback_id=fallback_id,
+        )
+
+    def failed_unparked(
+        self, now: datetime, park_again_at: datetime, *, reason: str, kind: str, permanent: bool
+    ) -> "Delivery":
+        """The attempt failed for good but its source event could not be parked: still active,
+        parking to be tried again at ``park_again_at``."""
+        return replace(
+            self,
+            status=Status.FAILED,
+            attempts=self.attempts + 1,
+            next_attempt_at=park_again_at,
+            lease_until=None,
+            last_error=reason,
+            parking={"reason": reason, "kind": kind, "permanent": permanent, "tries": 1},
+            log=(*self.log, {"at": now, "outcome": "permanent" if permanent else "transient", "reason": reason}),
+        )
+
+    def park_again_later(self, at: datetime) -> "Delivery":
+        """Parking failed once more (no attempt to send: it is not one)."""
+        parking = dict(self.parking or {})
+        parking["tries"] = int(parking.get("tries", 0)) + 1
+        return replace(self, next_attempt_at=at, lease_until=None, parking=parking)
+
+    def parked_now(self, now: datetime) -> "FinalOutcome":
+        """The source event is parked at last: the failure recorded earlier becomes final."""
+        parking = self.parking or {}
+        return FinalOutcome(
+            delivery=replace(self, lease_until=None, next_attempt_at=None, parking=None,
+                             log=(*self.log, {"at": now, "outcome": "parked"})),
+            finished_at=now,
+            provider_id=None,
+            reason=parking.get("reason"),
+            permanent=bool(parking.get("permanent")),
+            parked=True,
+            fallback_id=None,
         )
 
     def to_document(self) -> dict[str, Any]:

@@ -218,6 +218,8 @@ class DeliveryWorker:
         except asyncio.CancelledError:
             raise
         except Exception as error:
+            if delivery.parking is not None:
+                raise  # nothing was sent; parking is tried again once the lease ends
             # Whatever went wrong (a bug, a store refusing a write), it is an attempt: counted,
             # retried with backoff, and failed and parked once the attempts run out. Left to the
             # lease alone, the delivery would be claimed and tried again forever.
@@ -226,6 +228,8 @@ class DeliveryWorker:
         return self._finish(outcome) if outcome is not None else None
 
     async def _attempt(self, delivery: Delivery, now: datetime) -> FinalOutcome | None:
+        if delivery.parking is not None:  # failed already; only its source event is still to park
+            return await self._park_again(delivery, now)
         if delivery.expired(now):
             return delivery.finish(Status.FAILED, now, reason="expired before it could be sent", permanent=True)
         try:
@@ -254,10 +258,38 @@ class DeliveryWorker:
             return await self._transient(delivery, TransientFailure(f"unexpected {type(error).__name__}: {error}"))
         return delivery.finish(Status.SENT, self._clock.now(), provider_id=provider_id)
 
-    async def _cannot_render(self, delivery: Delivery, now: datetime, error: Exception) -> FinalOutcome:
+    async def _cannot_render(self, delivery: Delivery, now: datetime, error: Exception) -> FinalOutcome | None:
         reason = f"cannot render {delivery.template}.{delivery.channel}: {type(error).__name__}: {error}"
-        parked = await self._park(delivery, reason, "render_failed")
-        return delivery.finish(Status.FAILED, now, reason=reason, permanent=True, parked=parked)
+        return await self._fail_and_park(delivery, now, reason, "render_failed", permanent=True)
+
+    async def _fail_and_park(
+        self, delivery: Delivery, now: datetime, reason: str, kind: str, *, permanent: bool
+    ) -> FinalOutcome | None:
+        """Failed, with its source event parked so that it can be replayed. When parking fails,
+        the delivery stays active (failed, not parked) and parking is tried again later: a
+        failure recorded without its parked event could never be replayed."""
+        if await self._park(delivery, reason, kind, attempts=delivery.attempts + 1):
+            return delivery.finish(Status.FAILED, now, reason=reason, permanent=permanent, parked=True)
+        waiting = delivery.failed_unparked(now, now + timedelta(seconds=self._policy.delay_s(1)), reason=reason,
+                                           kind=kind, permanent=permanent)
+        await self._park_later(waiting)
+        return None
+
+    async def _park_again(self, delivery: Delivery, now: datetime) -> FinalOutcome | None:
+        parking = delivery.parking or {}
+        if await self._park(delivery, parking["reason"], parking["kind"], attempts=delivery.attempts):
+            return delivery.parked_now(now)
+        tries = int(parking.get("tries", 1))
+        await self._park_later(delivery.park_again_later(now + timedelta(seconds=self._policy.delay_s(tries + 1))))
+        return None
+
+    async def _park_later(self, delivery: Delivery) -> None:
+        assert delivery.next_attempt_at is not None and delivery.parking is not None
+        await patiently(lambda: self._store.retry_later(delivery), what="schedule parking")
+        self.expect(delivery.next_attempt_at)
+        log.error("could not park the source event of a failed delivery; trying again later",
+                  extra={"delivery": delivery.id, "tries": delivery.parking.get("tries"),
+                         "retry_at": delivery.next_attempt_at.isoformat()})
 
     def _finish(self, outcome: FinalOutcome) -> FinalOutcome:
         self._outcomes.add(outcome)
@@ -283,8 +315,7 @@ class DeliveryWorker:
             return delivery.finish(Status.FAILED, now, reason=reason, fallback_id=fallback_id)
         if isinstance(verdict, GiveUp):
             reason = f"gave up after {attempts} attempts: {failure.reason}"
-            parked = await self._park(delivery, reason, "delivery_failed")
-            return delivery.finish(Status.FAILED, now, reason=reason, parked=parked)
+            return await self._fail_and_park(delivery, now, reason, "delivery_failed", permanent=False)
         next_at = verdict.at
         retry = delivery.retry_later(now, next_at, failure.reason)
         await patiently(lambda: self._store.retry_later(retry), what="schedule retry")
@@ -327,13 +358,13 @@ class DeliveryWorker:
         self.expect(now)
         return fallback.id
 
-    async def _park(self, delivery: Delivery, reason: str, kind: str) -> bool:
+    async def _park(self, delivery: Delivery, reason: str, kind: str, *, attempts: int) -> bool:
         try:
             await self._dead_letters.park(delivery.envelope, delivery.origin, reason=reason, kind=kind,
-                                          attempts=delivery.attempts + 1, at=self._clock.now())
+                                          attempts=attempts, at=self._clock.now())
             return True
         except Exception:
-            log.warning("could not park the source event; the failure is recorded all the same", exc_info=True)
+            log.warning("parking the source event failed", extra={"delivery": delivery.id}, exc_info=True)
             return False
 
     # --- rendering and sending -----------------------------------------------------------------

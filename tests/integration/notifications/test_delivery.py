@@ -210,6 +210,48 @@ async def test_a_message_that_never_gets_through_is_failed_parked_and_sent_after
     assert delivery["id"] == failed[0]["data"]["notification_id"], "the same delivery, re-opened"
 
 
+class RefusesFirst:
+    """A dead-letter publisher in front of the real one whose first ``times`` calls fail."""
+
+    def __init__(self, real: Any, times: int) -> None:
+        self.real, self.times, self.calls = real, times, 0
+
+    async def park(self, *args: Any, **kwargs: Any) -> str:
+        self.calls += 1
+        if self.calls <= self.times:
+            raise ConnectionError("the broker refused the dead letter")
+        return await self.real.park(*args, **kwargs)
+
+
+async def test_a_failure_whose_event_could_not_be_parked_is_parked_later_and_can_be_replayed(
+    notifications: StartNotifications, unique: str
+) -> None:
+    harness = await notifications(delivery_max_attempts=2, delivery_backoff_initial_s=0.1, delivery_backoff_max_s=0.3)
+    worker = harness.service.worker
+    worker._dead_letters = parking = RefusesFirst(worker._dead_letters, times=2)
+    harness.sinks.mail.fail(451, "Mailbox busy", times=2)
+    jeanne = person(unique)
+    [envelope] = await harness.publish(password_changed(jeanne))
+
+    [delivery] = await eventually(lambda: _deliveries(harness, jeanne, 1), 30, "the failure recorded")
+    [parked] = await harness.parked("customer.password_changed")
+    assert parking.calls == 3, "refused twice, then parked"
+    assert json.loads(parked.value)["id"] == envelope.id and parked.headers["dlq-reason-kind"] == "delivery_failed"
+    [delivery] = await eventually(lambda: _parked_in_history(harness, jeanne), 30, "the parked failure archived")
+    assert (delivery["status"], delivery["attempts"], delivery["parked"]) == ("failed", 2, True)
+    assert "gave up after 2 attempts" in delivery["reason"]
+    assert [a["outcome"] for a in delivery["history"]] == ["transient", "transient", "parked"]
+
+    assert await replay(harness.settings.kafka_bootstrap_servers, harness.topic("customer.password_changed")) == 1
+    await mail_to(harness, jeanne["email"])
+    await eventually(lambda: _sent(harness, jeanne), 30, "the replayed delivery sent")
+
+
+async def _parked_in_history(harness: Harness, who: dict[str, Any]) -> list[dict[str, Any]] | None:
+    found = await harness.deliveries_of(who["customer_id"])
+    return found if found and all(d["parked"] for d in found) else None
+
+
 async def _sent(harness: Harness, who: dict[str, Any]) -> list[dict[str, Any]] | None:
     found = await harness.deliveries_of(who["customer_id"])
     return found if found and all(d["status"] == "sent" for d in found) else None

@@ -55,3 +55,23 @@ def test_the_archived_document_leaves_the_source_event_out_and_the_active_one_ke
     active = original.active_document()
     assert active["_id"] == "ntf_1" and isinstance(active["envelope"], str) and '"evt_1"' in active["envelope"]
     assert Delivery.from_document(active) == original
+
+
+def test_a_failure_whose_event_could_not_be_parked_stays_active_until_parking_succeeds() -> None:
+    failing = delivery(attempts=2, status=Status.RETRYING)
+    waiting = failing.failed_unparked(NOW, NOW + timedelta(seconds=5), reason="gave up after 3 attempts: 451",
+                                      kind="delivery_failed", permanent=False)
+    assert (waiting.status, waiting.attempts, waiting.next_attempt_at) == (Status.FAILED, 3, NOW + timedelta(seconds=5))
+    assert waiting.parking == {"reason": "gave up after 3 attempts: 451", "kind": "delivery_failed",
+                               "permanent": False, "tries": 1}
+    assert not waiting.claimable(NOW) and waiting.claimable(NOW + timedelta(seconds=5)), "recovered like a retry"
+    assert Delivery.from_document(waiting.active_document()).parking == waiting.parking, "the store keeps it"
+
+    again = waiting.park_again_later(NOW + timedelta(seconds=15))
+    assert (again.attempts, again.parking["tries"]) == (3, 2), "trying to park is not an attempt to send"
+
+    outcome = again.parked_now(NOW + timedelta(seconds=15))
+    assert (outcome.status, outcome.parked, outcome.permanent, outcome.reason) == (
+        Status.FAILED, True, False, "gave up after 3 attempts: 451")
+    assert outcome.delivery.attempts == 3 and outcome.delivery.parking is None
+    assert [entry["outcome"] for entry in outcome.to_document()["log"]] == ["transient", "parked"]
