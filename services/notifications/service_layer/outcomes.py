@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -63,6 +64,8 @@ class OutcomeLog:
         source: str,
         batch_max: int,
         flush_s: float,
+        retry_initial_s: float = 0.5,
+        retry_max_s: float = 30.0,
     ) -> None:
         self._store = store
         self._publish = publish
@@ -70,6 +73,8 @@ class OutcomeLog:
         self._source = source
         self._batch_max = batch_max
         self._flush_s = flush_s
+        self._retry_initial_s = retry_initial_s
+        self._retry_max_s = retry_max_s
         self._pending: list[FinalOutcome] = []
         self._arrived = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -81,12 +86,28 @@ class OutcomeLog:
             self._writer = asyncio.create_task(self._write_forever(), name="outcome-writer")
 
     async def _write_forever(self) -> None:
+        failures = 0
         while True:
             await self._arrived.wait()
             if len(self._pending) < self._batch_max:  # let a batch gather, unless it is full
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full(), timeout=self._flush_s)
-            await self._write_some()
+            try:
+                await self._write_some()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The batch is back in front of the queue. Until it reaches the history these
+                # deliveries are only here, and their leases will end: once they do, they are
+                # sent again. Nothing an operator can miss, then: an error, every time.
+                failures += 1
+                delay = min(self._retry_max_s, self._retry_initial_s * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
+                log.error("archiving delivery outcomes failed; they are kept and written again",
+                          extra={"pending": len(self._pending), "failures": failures, "retry_in_s": round(delay, 3)},
+                          exc_info=True)
+                await asyncio.sleep(delay)
+            else:
+                failures = 0
 
     async def _full(self) -> None:
         while len(self._pending) < self._batch_max:
@@ -100,8 +121,9 @@ class OutcomeLog:
         if batch:
             try:
                 await self._write(batch)
-            except asyncio.CancelledError:
-                self._pending[:0] = batch  # written again by flush(): every step is idempotent
+            except BaseException:  # cancelled, or the store refused: written again, every step is idempotent
+                self._pending[:0] = batch
+                self._arrived.set()
                 raise
 
     async def flush(self) -> None:
