@@ -19,7 +19,7 @@ from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
-from services.notifications.domain.retries import PermanentFailure, TransientFailure
+from services.notifications.domain.retries import PermanentFailure, ProviderMisconfigured, TransientFailure
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,13 @@ _quiet_http_log = logging.getLogger("services.notifications.twilio_http")
 _quiet_http_log.setLevel(logging.WARNING)
 
 TRANSIENT_CODES = {20429, 20500, 20503, 30001}  # too many requests, internal errors, queue overflow
+# Refusals that say our account or settings are wrong, whoever the recipient: authentication
+# (20003), account suspended or not active (20005, 30002), test credentials (20008), unknown
+# account or resource (20404), the sender number invalid, missing or not ours (21212, 21603,
+# 21606, 21659), a trial account's unverified recipient (21608), a destination country not enabled
+# in the account's geographic permissions (21408).
+CONFIGURATION_CODES = {20003, 20005, 20008, 20404, 21212, 21408, 21603, 21606, 21608, 21659, 30002}
+CONFIGURATION_STATUSES = {401, 403, 404}
 
 
 class TwilioSms:
@@ -75,7 +82,15 @@ class TwilioSms:
 
 def _classify(status: int, code: int | None, message: str) -> TransientFailure | PermanentFailure:
     reason = f"Twilio {status}/{code}: {message}"
+    if status in CONFIGURATION_STATUSES or code in CONFIGURATION_CODES:
+        # Every SMS would fail this way: retried (and codes fall back to email meanwhile), and
+        # said loudly to whoever runs the service, never recorded as the recipient's fault.
+        log.error("Twilio refuses our account or settings: operator action needed",
+                  extra={"alert": "operator", "provider": "twilio", "status": status, "code": code,
+                         "provider_message": message})
+        return ProviderMisconfigured(f"{reason} (our Twilio account or settings, not the recipient)",
+                                     code=str(code or status))
     if status == 429 or status >= 500 or (code in TRANSIENT_CODES):
         return TransientFailure(reason, code=str(code or status))
-    # 21211 invalid number, 21610 unsubscribed (STOP), 21614 not a mobile, 21408 region not enabled...
+    # The recipient's number: 21211 invalid, 21610 unsubscribed (STOP), 21614 not a mobile...
     return PermanentFailure(reason, code=str(code or status))

@@ -20,6 +20,11 @@ class TransientFailure(DeliveryFailure):
     """Worth another attempt later: 4xx from SMTP, connection refused, timeout, Twilio 429/5xx."""
 
 
+class ProviderMisconfigured(TransientFailure):
+    """Our side is wrong at the provider (credentials, account, sender number, permissions): no
+    recipient is to blame, an operator must act, and the message must still go once they have."""
+
+
 class PermanentFailure(DeliveryFailure):
     """No attempt will succeed for this recipient: SMTP 5xx, invalid or unsubscribed number."""
 

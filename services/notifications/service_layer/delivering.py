@@ -29,7 +29,14 @@ from services.notifications.adapters.templates import SmsTooLong, TemplateError,
 from services.notifications.domain.delivery import Delivery, FinalOutcome, Status
 from services.notifications.domain.messages import Category, MessageTable
 from services.notifications.domain.planning import address, delivery_id
-from services.notifications.domain.retries import FallBack, GiveUp, PermanentFailure, RetryPolicy, TransientFailure
+from services.notifications.domain.retries import (
+    FallBack,
+    GiveUp,
+    PermanentFailure,
+    ProviderMisconfigured,
+    RetryPolicy,
+    TransientFailure,
+)
 from services.notifications.service_layer.outcomes import OutcomeLog
 from services.notifications.service_layer.patience import patiently
 from services.notifications.service_layer.recording import opened
@@ -320,7 +327,7 @@ class DeliveryWorker:
         retry = delivery.retry_later(now, next_at, failure.reason)
         await patiently(lambda: self._store.retry_later(retry), what="schedule retry")
         self.expect(next_at)
-        self._observe(delivery.channel, "retrying")
+        self._observe(delivery.channel, "misconfigured" if isinstance(failure, ProviderMisconfigured) else "retrying")
         log.info("delivery will be retried", extra={"delivery": delivery.id, "attempt": retry.attempts,
                                                     "retry_at": next_at.isoformat(), "reason": failure.reason})
         return None

@@ -135,6 +135,25 @@ async def test_a_code_whose_sms_keeps_failing_transiently_goes_by_email_before_i
     assert failed[0]["data"]["fallback_notification_id"] == email["id"]
 
 
+async def test_twilio_refusing_our_credentials_is_never_the_recipients_fault(
+    notifications: StartNotifications, unique: str
+) -> None:
+    harness = await notifications()
+    harness.sinks.sms.fail(status=401, code=20003, times=1000)  # a rotated auth token nobody updated
+    jeanne = person(unique)
+    await harness.publish(device_code(jeanne, code="552710"))
+
+    [mail] = await mail_to(harness, jeanne["email"])
+    assert "552710" in mail.text()
+    found = await eventually(lambda: _deliveries(harness, jeanne, 2), 30, "both deliveries finished")
+    sms = next(d for d in found if d["channel"] == "sms")
+    assert (sms["status"], sms["permanent"], sms["attempts"]) == ("failed", False, 3), "retried, not refused for good"
+    assert "not the recipient" in sms["reason"]
+    metrics = harness.service.runtime.metrics.registry.get_sample_value(
+        "leaseline_notifications_total", {"channel": "sms", "outcome": "misconfigured"})
+    assert metrics == 2  # the two failures that were retried; the third fell back
+
+
 async def _deliveries(harness: Harness, who: dict[str, Any], count: int) -> list[dict[str, Any]] | None:
     found = await harness.deliveries_of(who["customer_id"])
     return found if len(found) == count and all(d["status"] in ("sent", "failed") for d in found) else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from deploy.sinks import SmtpCatcher, TwilioSink
 from deploy.sinks.__main__ import main as sinks_main
 from services.notifications.adapters.smtp import SmtpPool
 from services.notifications.adapters.twilio_sms import TwilioSms
-from services.notifications.domain.retries import PermanentFailure, TransientFailure
+from services.notifications.domain.retries import PermanentFailure, ProviderMisconfigured, TransientFailure
 
 pytestmark = pytest.mark.integration
 
@@ -99,6 +100,33 @@ async def test_twilio_errors_are_sorted_by_status_and_code(status: int, code: in
         assert raised.value.code == str(code)
         assert await sms.send("+33612345678", "hello")  # the next request goes through
         await sms.close()
+
+
+async def test_twilio_refusing_our_credentials_is_a_retry_and_an_operator_alert_not_the_recipients_fault(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with TwilioSink(auth_token="the-real-token") as sink:
+        sms = TwilioSms(account_sid=SID, auth_token="a-stale-token", from_number="+15005550006", base_url=sink.base_url)
+        with caplog.at_level(logging.ERROR, logger="services.notifications.adapters.twilio_sms"):
+            with pytest.raises(TransientFailure) as raised:
+                await sms.send("+33612345678", "hello")
+        await sms.close()
+    assert isinstance(raised.value, ProviderMisconfigured) and not isinstance(raised.value, PermanentFailure)
+    assert raised.value.code == "20003" and "not the recipient" in raised.value.reason
+    [alert] = [r for r in caplog.records if getattr(r, "alert", None) == "operator"]
+    assert alert.levelno == logging.ERROR and alert.code == 20003  # type: ignore[attr-defined]
+    assert sink.messages == []
+
+
+@pytest.mark.parametrize(("status", "code"), [(400, 21212), (400, 21606), (400, 21408), (403, 20008), (404, 20404)])
+async def test_twilio_refusals_of_our_sender_or_account_are_retried(status: int, code: int) -> None:
+    async with TwilioSink() as sink:
+        sink.fail(status=status, code=code)
+        sms = TwilioSms(account_sid=SID, auth_token="t", from_number="+15005550006", base_url=sink.base_url)
+        with pytest.raises(ProviderMisconfigured) as raised:
+            await sms.send("+33612345678", "hello")
+        await sms.close()
+    assert raised.value.code == str(code)
 
 
 async def test_twilio_unreachable_or_too_slow_is_worth_a_retry() -> None:
