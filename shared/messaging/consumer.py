@@ -4,13 +4,15 @@ For each batch the subscriber receives, every record is either handled or parked
 dead-letter topic (with the reason), and only then is the batch's offset committed. Records of one
 aggregate (same topic, partition and key) are handled in order; different aggregates concurrently.
 
-- Cannot be decoded, invalid envelope, unknown type or version, payload fails its schema:
-  parked at once.
+- Cannot be decoded (whatever the decoder raised), invalid envelope, unknown type or version,
+  payload fails its schema: parked at once.
 - Handler raises a transient error (store or provider unavailable, concurrent write): retried with
   exponential backoff and jitter, a bounded number of times, then parked. Bounded, so one bad
   aggregate never holds its partition forever.
 - Handler raises anything else: parked at once with the error as the reason.
-- The dead-letter topic cannot be written either: nothing is committed, the consumer seeks back
+- The dead-letter topic refuses the message itself (too large with the dead-letter headers, say):
+  a truncated copy is parked instead, pointing at the original's topic, partition and offset.
+- The dead-letter topic cannot be written at all: nothing is committed, the consumer seeks back
   and the batch is read again after a pause.
 - Shutdown cancels a running batch: it is not committed, so it is delivered again.
 - A replayed copy of a parked message is handled only by the group that parked it.
@@ -32,15 +34,17 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
+from pymongo.errors import ConnectionFailure
 
 from shared.clock import Clock, SystemClock
 from shared.events.envelope import Envelope, Event
 from shared.events.registry import UnknownEvent, dead_letter_topic, event_class, topic_for
 from shared.logging import log_context
-from shared.messaging.dead_letters import park_headers, replay_target
+from shared.messaging.dead_letters import park_headers, replay_target, truncated_copy
 from shared.messaging.errors import is_transient
 from shared.runtime.metrics import Metrics
 from shared.settings import ServiceSettings
@@ -214,6 +218,14 @@ class EventConsumer:
 
     def _decode(self, record: ConsumerRecord[Any, Any]) -> tuple[_Route[Any], Envelope, Event]:
         try:
+            return self._decode_strictly(record)
+        except Parked:
+            raise
+        except Exception as error:  # e.g. RecursionError on deeply nested JSON: poison all the same
+            raise Parked("undecodable", f"decoding failed: {type(error).__name__}: {error}") from None
+
+    def _decode_strictly(self, record: ConsumerRecord[Any, Any]) -> tuple[_Route[Any], Envelope, Event]:
+        try:
             document = json.loads(record.value)
         except (TypeError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise Parked("undecodable", f"value is not JSON: {error}") from None
@@ -278,7 +290,21 @@ class EventConsumer:
             attempts=parked.attempts,
             at=self._clock.now(),
         )
-        await self._dead_letters(dead_letter_topic(record.topic), record.key, record.value, headers)
+        topic = dead_letter_topic(record.topic)
+        try:
+            await self._dead_letters(topic, record.key, record.value, headers)
+        except Exception as error:
+            if is_transient(error) or _unreachable(error):
+                raise  # the broker, not the message: the batch is read again after a pause
+            # The message itself is refused (too large with our headers, say). Blocking the batch
+            # for good is worse than parking a truncated copy that points at the original.
+            log.error(
+                "message could not be parked whole; parking a truncated copy",
+                extra={"topic": record.topic, "partition": record.partition, "offset": record.offset,
+                       "error": f"{type(error).__name__}: {error}"},
+            )
+            why = f"{type(error).__name__}: {error}"
+            await self._dead_letters(topic, *truncated_copy(record.key, record.value, headers, why))
         self._metrics.parked.labels(self._metrics.service, record.topic, parked.kind).inc()
         log.warning(
             "message parked",
@@ -302,6 +328,12 @@ class EventConsumer:
                 self._metrics.lag.labels(self._metrics.service, tp.topic, str(tp.partition)).set(
                     max(0, highwater - offset - 1)
                 )
+
+
+def _unreachable(error: BaseException) -> bool:
+    """A dependency that does not answer at all (store or broker down), as opposed to one that
+    refused or failed this particular message."""
+    return isinstance(error, (ConnectionFailure, KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError))
 
 
 def _undecoded(message: Any) -> Any:

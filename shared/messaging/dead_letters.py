@@ -34,9 +34,17 @@ CONSUMER_GROUP = "dlq-consumer-group"
 PARKED_AT = "dlq-parked-at"
 ATTEMPTS = "dlq-attempts"
 REPLAYED_FROM = "dlq-replayed-from"
+#: On a copy cut short because the message could not be parked whole: why, and its original sizes.
+TRUNCATED = "dlq-truncated"
 #: On a replayed copy: the one consumer group that is to handle it (the group that parked it).
 REPLAY_FOR_GROUP = "dlq-replay-for-group"
-_OURS = {REASON, REASON_KIND, ORIGINAL_TOPIC, ORIGINAL_PARTITION, ORIGINAL_OFFSET, CONSUMER_GROUP, PARKED_AT, ATTEMPTS}
+_OURS = {
+    REASON, REASON_KIND, ORIGINAL_TOPIC, ORIGINAL_PARTITION, ORIGINAL_OFFSET, CONSUMER_GROUP, PARKED_AT, ATTEMPTS,
+    TRUNCATED,
+}
+#: The most a truncated copy keeps of a message that could not be parked whole.
+TRUNCATED_VALUE_BYTES = 64 * 1024
+TRUNCATED_KEY_BYTES = 1024
 #: What a replay sets afresh on each copy (a message may be parked and replayed more than once).
 _REPLAY = {REPLAYED_FROM, REPLAY_FOR_GROUP}
 
@@ -89,6 +97,21 @@ async def read_parked(bootstrap: str, topic: str, *, timeout_s: float = 5.0) -> 
     dlq = topic if topic.endswith(DLQ_SUFFIX) else dead_letter_topic(topic)
     records = await read_topic(bootstrap, dlq, timeout_s=timeout_s)
     return [ParkedMessage(r.key, r.value, record_headers(r), r.offset) for r in records]
+
+
+def truncated_copy(
+    key: bytes | None, value: bytes | None, headers: dict[str, str], why: str
+) -> tuple[bytes | None, bytes, dict[str, str]]:
+    """What to park when a message cannot be parked whole (too large once the dead-letter headers
+    are added, say): its first bytes, and the dead-letter headers, which point at the original by
+    topic, partition and offset (it is still there, for the topic's retention), plus why."""
+    value = value or b""
+    kept = {k: v for k, v in headers.items() if k in _OURS}
+    kept[TRUNCATED] = (
+        f"parked cut short: value {len(value)} bytes (kept {min(len(value), TRUNCATED_VALUE_BYTES)}), "
+        f"key {len(key or b'')} bytes, original headers dropped; parking it whole failed: {why}"
+    )[:2000]
+    return (key[:TRUNCATED_KEY_BYTES] if key else key), value[:TRUNCATED_VALUE_BYTES], kept
 
 
 def replay_target(record: ConsumerRecord[Any, Any]) -> str | None:

@@ -163,6 +163,26 @@ async def test_poison_messages_are_parked_with_their_reasons_while_good_ones_are
     assert "no schema version 42" in parked[2].reason
 
 
+async def test_a_record_too_large_to_park_with_its_reasons_is_parked_truncated_and_the_stream_goes_on(
+    settings: ServiceSettings, mongo: Any, runtimes: list[ServiceRuntime]
+) -> None:
+    runtime = ServiceRuntime(settings)
+    wire_consumer(runtime)
+    await runtime.start()
+    runtimes.append(runtime)
+    topic = topic_for("customer.activated", settings.topic_namespace)
+    key = b"cus_jumbo"
+    near_the_limit = b"\x00" * (1024 * 1024 - 150)  # fits as it is; not with the dead-letter headers
+    await publish_raw(settings, topic, [(key, near_the_limit), (key, wire(activation(runtime, "cus_jumbo")))])
+
+    assert await eventually(lambda: _at_least_count(settings, mongo, "cus_jumbo", 1), 60, "the next event") == 1
+    parked = await eventually(lambda: _parked(settings, topic, 1), 30, "the truncated copy")
+    assert len(parked) == 1
+    assert parked[0].value == near_the_limit[: 64 * 1024]
+    assert parked[0].headers["dlq-original-offset"] == "0" and parked[0].original_topic == topic
+    assert "MessageSizeTooLargeError" in parked[0].headers["dlq-truncated"]
+
+
 async def _at_least_count(settings: ServiceSettings, mongo: Any, customer: str, n: int) -> int | None:
     count = (await tallies_of(settings, mongo)).get(customer, 0)
     return count if count >= n else None

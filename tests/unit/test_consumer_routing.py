@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord
+from aiokafka.errors import MessageSizeTooLargeError
 
 from shared.events import CustomerActivated, Envelope
 from shared.messaging import Delivery, EventConsumer, PermanentError, TransientError
@@ -31,6 +32,7 @@ class Harness:
         settings = ServiceSettings(service_name="test", consumer_max_attempts=max_attempts)
         self.sleeps: list[float] = []
         self.parked: list[tuple[str, dict[str, str]]] = []
+        self.parked_values: list[bytes | None] = []
         self.seen: list[str] = []
 
         async def sleep(seconds: float) -> None:
@@ -38,6 +40,7 @@ class Harness:
 
         async def sink(topic: str, key: bytes | None, value: bytes | None, headers: dict[str, str]) -> None:
             self.parked.append((topic, headers))
+            self.parked_values.append(value)
 
         self.consumer = EventConsumer(group_id="g", settings=settings, metrics=Metrics("test"), sleep=sleep)
         self.consumer.attach_dead_letter_sink(sink)
@@ -153,4 +156,59 @@ async def test_when_parking_itself_fails_the_batch_fails_so_nothing_is_committed
 
     h.consumer.attach_dead_letter_sink(broken_sink)
     with pytest.raises(ConnectionError):
+        await h.consumer.process([record(b"garbage")])
+
+
+async def test_a_decoder_failing_with_anything_but_a_validation_error_parks_the_record() -> None:
+    h = Harness()
+
+    @h.consumer.on(CustomerActivated)
+    async def handle(event: CustomerActivated, delivery: Delivery) -> None:
+        h.seen.append(event.customer_id)
+
+    nested_too_deep = b"[" * 200_000 + b"]" * 200_000  # json.loads raises RecursionError
+    await h.consumer.process([record(nested_too_deep, 0, b"k1"), record(activated("cus_2"), 1, b"k1")])
+    assert h.reasons() == ["undecodable"]
+    assert "RecursionError" in h.parked[0][1]["dlq-reason"]
+    assert h.seen == ["cus_2"], "the record after it is handled"
+
+
+async def test_a_record_too_large_to_park_whole_is_parked_as_a_truncated_copy_that_points_at_it() -> None:
+    h = Harness()
+    attempts: list[int] = []
+
+    async def size_limited_sink(topic: str, key: bytes | None, value: bytes | None, headers: dict[str, str]) -> None:
+        attempts.append(len(value or b""))
+        if len(value or b"") > 100_000:
+            raise MessageSizeTooLargeError("The message is 1048700 bytes when serialized")
+        h.parked.append((topic, headers))
+        h.parked_values.append(value)
+
+    h.consumer.attach_dead_letter_sink(size_limited_sink)
+
+    @h.consumer.on(CustomerActivated)
+    async def handle(event: CustomerActivated, delivery: Delivery) -> None:
+        h.seen.append(event.customer_id)
+
+    huge = b"\x00" + b"x" * 1_000_000
+    await h.consumer.process([record(huge, 41, b"k1"), record(activated("cus_2"), 42, b"k1")])
+    assert attempts == [len(huge), 64 * 1024], "parked whole first, then cut short"
+    topic, headers = h.parked[0]
+    assert topic == "customer.activated.dlq"
+    assert h.parked_values[0] == huge[: 64 * 1024]
+    assert headers["dlq-original-topic"] == TOPIC and headers["dlq-original-offset"] == "41"
+    assert headers["dlq-reason-kind"] == "undecodable"
+    assert "1000001 bytes" in headers["dlq-truncated"] and "MessageSizeTooLargeError" in headers["dlq-truncated"]
+    assert "ce_id" not in headers, "the original headers are dropped from a truncated copy"
+    assert h.seen == ["cus_2"], "the batch goes on"
+
+
+async def test_a_message_the_dead_letter_topic_refuses_even_truncated_fails_the_batch() -> None:
+    h = Harness()
+
+    async def refusing_sink(*_: Any) -> None:
+        raise MessageSizeTooLargeError("refused whatever its size")
+
+    h.consumer.attach_dead_letter_sink(refusing_sink)
+    with pytest.raises(MessageSizeTooLargeError):
         await h.consumer.process([record(b"garbage")])
