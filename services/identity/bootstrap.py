@@ -10,14 +10,19 @@ from typing import Any
 from fastapi import FastAPI
 
 from services.identity.adapters.hashing import PasswordHasher
-from services.identity.adapters.signing import AccessTokens, load_or_create_key, read_configured_pem
+from services.identity.adapters.signing import (
+    AccessTokens,
+    load_or_create_key,
+    read_configured_pem,
+    retire_previous_keys,
+)
 from services.identity.adapters.stores import Stores
 from services.identity.domain.passwords import PasswordPolicy
 from services.identity.entrypoints import consumers, http_errors
 from services.identity.entrypoints.http_api import build_api
 from services.identity.entrypoints.sweep import sweep_forever
 from services.identity.service_layer.context import Identity
-from services.identity.settings import IdentitySettings
+from services.identity.settings import ACCESS_TOKEN_TTL_MAX_S, IdentitySettings
 from shared.clock import Clock
 from shared.crypto import Keyring
 from shared.runtime.service import ServiceRuntime
@@ -38,7 +43,11 @@ class IdentityRuntime(ServiceRuntime):
             keyring=self.identity.keyring,
             now=self.clock.now(),
         )
-        self.identity.tokens.use(key)
+        previous = await retire_previous_keys(
+            current=key, store=self.identity.stores.keys, keyring=self.identity.keyring, now=self.clock.now(),
+            keep_for=timedelta(seconds=ACCESS_TOKEN_TTL_MAX_S),
+        )
+        self.identity.tokens.use(key, previous=previous)
         self._sweep = asyncio.create_task(sweep_forever(self.identity, settings.access_sweep_interval_s), name="access-sweep")
 
     async def stop(self) -> None:

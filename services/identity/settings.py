@@ -10,6 +10,10 @@ from services.identity.domain.lockout import LockoutPolicy
 from services.identity.domain.ratelimits import Limit, RateLimits
 from shared.settings import ServiceSettings
 
+# The longest an access token may live, whatever the setting was when it was signed: a retired
+# signing key is accepted this long after its retirement.
+ACCESS_TOKEN_TTL_MAX_S = 3600
+
 
 class IdentitySettings(ServiceSettings):
     service_name: str = "identity"
@@ -21,7 +25,7 @@ class IdentitySettings(ServiceSettings):
     jwt_key_id: str = ""
     jwt_issuer: str = "leaseline-identity"
     jwt_audience: str = "leaseline"
-    access_token_ttl_s: int = Field(default=900, ge=30, le=3600)
+    access_token_ttl_s: int = Field(default=900, ge=30, le=ACCESS_TOKEN_TTL_MAX_S)
     refresh_token_ttl_days: int = Field(default=30, ge=1, le=365)
 
     argon2_memory_kib: int = Field(default=19456, ge=19456)

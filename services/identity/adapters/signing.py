@@ -4,6 +4,12 @@ Keys come from the environment (``JWT_PRIVATE_KEY_PATH`` or ``JWT_PRIVATE_KEY_PE
 ``JWT_KEY_ID``) or, when none is configured, are generated at first start and kept in the
 service's own store, the private key sealed with ``EVENT_SECRET_KEYS`` (see docs/identity.md).
 Anyone verifies a token with the public keys published at ``/.well-known/jwks.json``.
+
+Rotation: when the key changes (a new one configured), the one that signed before is retired, not
+forgotten. Every key that signed is recorded in the store (its public half, sealed so that nobody
+with write access to the store can slip in a key of their own); a retired key stays published and
+accepted for ``keep_for`` after its retirement (the longest access-token lifetime allowed), so the
+tokens it signed live out their lifetime.
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,12 +30,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from services.identity.domain.errors import Refusal
-from shared.crypto import Keyring
-from shared.storage import DocumentStore
+from shared.crypto import Keyring, SealError
+from shared.storage import ConcurrencyConflict, DocumentStore
 from shared.storage.mongo import is_duplicate_key
+
+log = logging.getLogger(__name__)
 
 KEY_DOC = "current"
 SEAL_CONTEXT = "identity/signing-key"
+VERIFICATION_KEY = "verification_key"  # kind of the records of every key that signed
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,67 @@ def read_configured_pem(path: str, inline: str) -> bytes | None:
     return None
 
 
+def _verification_context(kid: str) -> str:
+    return f"identity/verification-key/{kid}"
+
+
+def _public_key(record: dict[str, Any], keyring: Keyring) -> SigningKey:
+    jwk = keyring.unseal(record["public_jwk"], context=_verification_context(record["kid"]))
+    algorithm = jwt.algorithms.get_default_algorithms()[record["algorithm"]]
+    return SigningKey(record["kid"], record["algorithm"], None, algorithm.from_jwk(jwk))
+
+
+async def retire_previous_keys(
+    *, current: SigningKey, store: DocumentStore, keyring: Keyring, now: datetime, keep_for: timedelta
+) -> list[tuple[SigningKey, datetime]]:
+    """Record ``current`` as the key that signs, retire those that signed before it, and return the
+    retired keys whose tokens may still be alive, each with the moment it stops being accepted.
+
+    Several instances starting at once record and retire the same way: a lost race is reloaded."""
+    own_id = f"{VERIFICATION_KEY}:{current.kid}"
+    for _ in range(3):
+        try:
+            own = await store.get(own_id)
+            if own is None:
+                await store.create(own_id, {
+                    "kind": VERIFICATION_KEY, "kid": current.kid, "algorithm": current.algorithm,
+                    "public_jwk": keyring.seal(json.dumps(current.jwk()), context=_verification_context(current.kid)),
+                    "signing_since": now, "retired_at": None,
+                })
+            elif own.state["retired_at"] is not None:  # back to a key used before: it signs again
+                await store.update(own, own.state | {"signing_since": now, "retired_at": None})
+            break
+        except ConcurrencyConflict:
+            continue
+    previous = []
+    others = await store.collection.find({"kind": VERIFICATION_KEY, "kid": {"$ne": current.kid}}, {"_id": 1}).to_list()
+    for raw in others:
+        doc = await store.get(raw["_id"])
+        if doc is None:
+            continue
+        retired_at = doc.state["retired_at"]
+        if retired_at is None:
+            try:
+                doc = await store.update(doc, doc.state | {"retired_at": now})
+                retired_at = now
+            except ConcurrencyConflict:  # another instance retired it at this moment
+                reloaded = await store.get(doc.id)
+                retired_at = reloaded.state["retired_at"] if reloaded else None
+                if retired_at is None:
+                    continue
+        until = retired_at + keep_for
+        if now >= until:
+            continue
+        try:
+            previous.append((_public_key(doc.state, keyring), until))
+        except (SealError, KeyError, ValueError) as error:  # ValueError: a JWK that is not a key
+            # Not sealed by our keyring (tampered, or sealed with a key since removed from
+            # EVENT_SECRET_KEYS): its tokens are refused, which is the safe side.
+            log.warning("a previous signing key could not be unsealed: its tokens are refused",
+                        extra={"kid": doc.state.get("kid"), "error": type(error).__name__})
+    return previous
+
+
 class AccessTokens:
     """Issues and verifies access tokens; verification accepts only our algorithms and our key ids."""
 
@@ -116,17 +188,27 @@ class AccessTokens:
         self.ttl = ttl
         self._current: SigningKey | None = None
         self._keys: dict[str, SigningKey] = {}
+        self._retired_until: dict[str, datetime] = {}
 
-    def use(self, key: SigningKey, *, also_verify: list[SigningKey] = ()) -> None:  # type: ignore[assignment]
+    def use(self, key: SigningKey, *, previous: Iterable[tuple[SigningKey, datetime]] = ()) -> None:
+        """Sign with ``key``; also accept (and publish) each previous key until its moment passes."""
+        previous = [(k, until) for k, until in previous if k.kid != key.kid]
         self._current = key
-        self._keys = {k.kid: k for k in [key, *also_verify]}
+        self._keys = {key.kid: key, **{k.kid: k for k, _ in previous}}
+        self._retired_until = {k.kid: until for k, until in previous}
 
     @property
     def ready(self) -> bool:
         return self._current is not None
 
-    def jwks(self) -> dict[str, list[dict[str, str]]]:
-        return {"keys": [k.jwk() for k in self._keys.values()]}
+    def _accepted(self, kid: str, now: datetime) -> SigningKey | None:
+        until = self._retired_until.get(kid)
+        if until is not None and now >= until:
+            return None
+        return self._keys.get(kid)
+
+    def jwks(self, now: datetime) -> dict[str, list[dict[str, str]]]:
+        return {"keys": [k.jwk() for kid, k in self._keys.items() if self._accepted(kid, now) is not None]}
 
     def issue(self, claims: dict[str, Any], now: datetime) -> str:
         if self._current is None:
@@ -149,7 +231,7 @@ class AccessTokens:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise invalid from None
-        key = self._keys.get(str(header.get("kid")))
+        key = self._accepted(str(header.get("kid")), now)
         if key is None or header.get("alg") != key.algorithm:
             raise invalid
         try:

@@ -352,4 +352,4 @@ def build_api(app: FastAPI, ctx: Identity, settings: IdentitySettings) -> None:
     @app.get("/.well-known/jwks.json", tags=["keys"])
     async def jwks() -> dict[str, Any]:
         """The public keys that verify access tokens (EdDSA or ES256, selected by ``kid``)."""
-        return ctx.tokens.jwks()
+        return ctx.tokens.jwks(ctx.now())

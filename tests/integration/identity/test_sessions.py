@@ -8,9 +8,21 @@ from datetime import timedelta
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from pydantic import SecretStr
 
-from tests.integration.identity.conftest import Harness, bearer, login, register_and_activate
+from services.identity.bootstrap import build
+from tests.conftest import Infrastructure
+from tests.integration.identity.conftest import (
+    Harness,
+    ShiftableClock,
+    bearer,
+    identity_settings,
+    login,
+    register_and_activate,
+    stop_harness,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -136,3 +148,55 @@ async def test_a_customer_cannot_see_or_end_another_customers_sessions_or_device
     assert (await http.delete("/v1/me/devices/dev_of_victor", headers=bearer(mallory))).status_code == 404
     mine = (await http.get("/v1/me/sessions", headers=bearer(mallory))).json()
     assert victim["session_id"] not in {s["session_id"] for s in mine}
+
+
+def _pem() -> str:
+    return ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+async def test_after_a_key_rotation_tokens_signed_with_the_old_key_stay_valid_until_they_expire(
+    infra: Infrastructure,
+) -> None:
+    clock = ShiftableClock()
+    first = identity_settings(infra, jwt_private_key_pem=SecretStr(_pem()), jwt_key_id="key-2026-11")
+
+    async def started(settings) -> Harness:  # type: ignore[no-untyped-def]
+        runtime = build(settings, clock=clock)
+        await runtime.start()
+        return Harness(runtime, settings, clock, infra)
+
+    before = await started(first)
+    try:
+        who = await register_and_activate(before, "Romane Giraud")
+        old = (await login(before, who)).json()
+    finally:
+        await stop_harness(before)
+
+    rotated = first.model_copy(update={"jwt_private_key_pem": SecretStr(_pem()), "jwt_key_id": "key-2026-12"})
+    after = await started(rotated)
+    try:
+        http = after.http()
+        assert jwt.get_unverified_header(old["access_token"])["kid"] == "key-2026-11"
+        assert (await http.get("/v1/me", headers=bearer(old))).status_code == 200, "the old key still verifies"
+        assert {k["kid"] for k in (await http.get("/.well-known/jwks.json")).json()["keys"]} == {
+            "key-2026-11", "key-2026-12"}
+        new = (await http.post("/v1/sessions/refresh", json={"refresh_token": old["refresh_token"]})).json()
+        assert jwt.get_unverified_header(new["access_token"])["kid"] == "key-2026-12"
+
+        clock.advance(timedelta(minutes=15))
+        expired = await http.get("/v1/me", headers=bearer(old))
+        assert expired.json()["error"]["code"] == "access_token_expired", "its own lifetime still ends it"
+        clock.advance(timedelta(minutes=46))  # past the longest lifetime allowed (1 h) since the rotation
+        assert [k["kid"] for k in (await http.get("/.well-known/jwks.json")).json()["keys"]] == ["key-2026-12"]
+        assert (await http.get("/v1/me", headers=bearer(old))).json()["error"]["code"] == "access_token_invalid"
+    finally:
+        await stop_harness(after)
+
+    again = await started(rotated)  # a later restart does not bring the retired key back
+    try:
+        jwks = (await again.http().get("/.well-known/jwks.json")).json()
+        assert [k["kid"] for k in jwks["keys"]] == ["key-2026-12"]
+    finally:
+        await stop_harness(again)
