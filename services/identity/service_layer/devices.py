@@ -9,7 +9,7 @@ from services.identity.domain import codes, tokens
 from services.identity.domain.errors import Refusal
 from services.identity.service_layer.context import Caller, Identity, addressed, retrying
 from shared.events import DeviceAuthorised, DeviceCodeIssued
-from shared.storage import StoredDocument
+from shared.storage import ConcurrencyConflict, StoredDocument
 
 
 async def recognise(ctx: Identity, account_id: str, device_token: str | None) -> str | None:
@@ -27,7 +27,7 @@ async def recognise(ctx: Identity, account_id: str, device_token: str | None) ->
         return None
     try:
         await ctx.stores.devices.update(device, device.state | {"last_used_at": ctx.now()})
-    except Exception:
+    except ConcurrencyConflict:
         pass  # a concurrent sign-in from the same device refreshed it already
     return device_id
 
