@@ -170,7 +170,9 @@ async def set_enabled(ctx: Identity, actor: Actor, organisation_id: str, user_id
             status = rules.DISABLED
         changes: dict[str, Any] = {"status": status}
         if not enabled:
-            changes |= next_generation(user.state)
+            # Disabling revokes what the user holds: sessions, and the invitation link of a user who
+            # has not activated yet (re-enabled, they ask for a new one: POST /v1/activations/resend).
+            changes |= next_generation(user.state) | {"activation": None}
         await ctx.stores.accounts.update(user, user.state | changes)
 
     await retrying(attempt)

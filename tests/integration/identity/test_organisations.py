@@ -7,10 +7,14 @@ import uuid
 import pytest
 
 from services.identity.service_layer.administration import Person, create_staff_account
-from shared.events import OrganisationUserInvited, PasswordChanged
+from services.identity.service_layer.context import Caller
+from services.identity.service_layer.sessions import open_session
+from shared.events import AccountUnlocked, ActivationLinkReissued, OrganisationUserInvited, PasswordChanged
 from tests.integration.identity.conftest import OTHER_STRONG, STRONG, Harness, bearer, login, register_and_activate, unseal
 
 pytestmark = pytest.mark.integration
+
+WRONG = "Wrong-Guess-Number-1"
 
 
 async def staff(identity: Harness, role: str) -> tuple[str, dict]:
@@ -34,6 +38,27 @@ def colleague(first: str, role: str) -> dict:
             "locale": "nl-NL", "mobile": "+31612345678", "role": role}
 
 
+async def session_for(identity: Harness, user_id: str) -> dict:
+    """A signed-in session for an organisation user (the device flow itself is proven elsewhere)."""
+    ctx = identity.runtime.identity
+    return await open_session(ctx, Caller("t"), await ctx.stores.accounts.get(user_id), device_id=None,
+                              amr=["pwd", "otp"])
+
+
+async def lock(identity: Harness, email: str) -> None:
+    """Five wrong passwords, from an address of their own (the module's tests share one service)."""
+    http = identity.http(f"203.0.113.{uuid.uuid4().int % 200 + 1}")
+    for _ in range(5):
+        assert (await http.post("/v1/sessions", json={"email": email, "password": WRONG})).status_code == 401
+    right = await http.post("/v1/sessions", json={"email": email, "password": STRONG})
+    assert right.json()["error"]["code"] == "invalid_credentials", "locked: even the right password is refused"
+
+
+async def password_accepted(identity: Harness, email: str) -> bool:
+    answer = await identity.http().post("/v1/sessions", json={"email": email, "password": STRONG})
+    return answer.status_code == 200 and answer.json()["status"] == "device_authorisation_required"
+
+
 async def test_an_organisation_administrator_creates_disables_and_unblocks_colleagues(identity: Harness) -> None:
     desk_id, desk = await staff(identity, "service_desk")
     http = identity.http()
@@ -47,14 +72,10 @@ async def test_an_organisation_administrator_creates_disables_and_unblocks_colle
     admin = await accept_invitation(identity, admin_email)
     admin_login = (await login(identity, admin)).json()
     assert admin_login["status"] == "device_authorisation_required", "organisation users authorise devices"
-    from services.identity.service_layer.sessions import open_session
-    from services.identity.service_layer.context import Caller
+    admin_tokens = await session_for(identity, admin["user_id"])
 
-    ctx = identity.runtime.identity
-    admin_tokens = await open_session(ctx, Caller("t"), await ctx.stores.accounts.get(admin["user_id"]), device_id=None,
-                                      amr=["pwd", "otp"])  # the device flow itself is proven elsewhere
-
-    invited = await http.post(f"/v1/organisations/{org}/users", headers=bearer(admin_tokens), json=colleague("Bram", "adviser"))
+    bram = colleague("Bram", "adviser")
+    invited = await http.post(f"/v1/organisations/{org}/users", headers=bearer(admin_tokens), json=bram)
     assert invited.status_code == 201, invited.text
     bram_id = invited.json()["user_id"]
     duplicate = await http.post(f"/v1/organisations/{org}/users", headers=bearer(admin_tokens),
@@ -62,14 +83,36 @@ async def test_an_organisation_administrator_creates_disables_and_unblocks_colle
     assert duplicate.status_code == 409 and duplicate.json()["error"]["code"] == "email_taken"
     users = (await http.get(f"/v1/organisations/{org}/users", headers=bearer(admin_tokens))).json()
     assert sorted(u["role"] for u in users) == ["administrator", "adviser"]
+    await accept_invitation(identity, bram["email"])
+    bram_tokens = await session_for(identity, bram_id)
+    assert (await http.get("/v1/me", headers=bearer(bram_tokens))).status_code == 200
 
+    # Disabling ends Bram's sessions and refuses his sign-in; enabling lets him sign in again.
     assert (await http.post(f"/v1/organisations/{org}/users/{bram_id}/disable", headers=bearer(admin_tokens))).status_code == 200
+    assert (await http.get("/v1/me", headers=bearer(bram_tokens))).json()["error"]["code"] == "session_ended"
+    refused = await login(identity, {"email": bram["email"], "password": STRONG})
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "account_disabled"
     assert (await http.post(f"/v1/organisations/{org}/users/{bram_id}/enable", headers=bearer(admin_tokens))).status_code == 200
+    assert await password_accepted(identity, bram["email"])
+    assert (await http.get("/v1/me", headers=bearer(bram_tokens))).status_code == 401, "old sessions stay ended"
+
+    # A locked colleague is unblocked by the administrator.
+    await lock(identity, bram["email"])
+    assert [u["locked"] for u in (await http.get(f"/v1/organisations/{org}/users", headers=bearer(admin_tokens))).json()
+            if u["user_id"] == bram_id] == [True]
     assert (await http.post(f"/v1/organisations/{org}/users/{bram_id}/unblock", headers=bearer(admin_tokens))).status_code == 200
+    await identity.events(AccountUnlocked, customer_id=bram_id, unlocked_by=admin["user_id"])
+    assert await password_accepted(identity, bram["email"])
+
+    # A locked administrator is not unblocked by themselves (a live session is not enough): the service desk is.
+    await lock(identity, admin_email)
     self_unblock = await http.post(f"/v1/organisations/{org}/users/{admin['user_id']}/unblock", headers=bearer(admin_tokens))
     assert self_unblock.status_code == 403 and self_unblock.json()["error"]["code"] == "service_desk_only"
+    assert not await password_accepted(identity, admin_email), "still locked"
     by_desk = await http.post(f"/v1/organisations/{org}/users/{admin['user_id']}/unblock", headers=bearer(desk))
     assert by_desk.status_code == 200
+    await identity.events(AccountUnlocked, customer_id=admin["user_id"], unlocked_by=desk_id)
+    assert await password_accepted(identity, admin_email)
 
     trail = (await http.get(f"/v1/organisations/{org}/audit", headers=bearer(admin_tokens))).json()
     assert [(a["actor_id"], a["action"]) for a in trail] == [
@@ -79,6 +122,38 @@ async def test_an_organisation_administrator_creates_disables_and_unblocks_colle
         (admin["user_id"], "user.disable"), (admin["user_id"], "user.enable"),
         (admin["user_id"], "account.unblock"), (desk_id, "account.unblock"),
     ]
+
+
+async def test_a_disabled_invitee_cannot_activate_with_the_link_sent_before(identity: Harness) -> None:
+    _, desk = await staff(identity, "service_desk")
+    http = identity.http()
+    admin_email = f"joost.{uuid.uuid4().hex[:6]}@garage.nl"
+    org = (await http.post("/v1/organisations", headers=bearer(desk), json={
+        "name": "Garage Oost", "kind": "garage",
+        "administrator": {"first_name": "Joost", "last_name": "Smit", "email": admin_email, "locale": "nl-NL"},
+    })).json()["organisation_id"]
+    admin = await accept_invitation(identity, admin_email)
+    admin_tokens = await session_for(identity, admin["user_id"])
+    sanne = colleague("Sanne", "salesperson")
+    sanne_id = (await http.post(f"/v1/organisations/{org}/users", headers=bearer(admin_tokens), json=sanne)).json()["user_id"]
+    (invited,) = await identity.events(OrganisationUserInvited, email=sanne["email"])
+    link = unseal(identity, invited, "activation_token")
+
+    assert (await http.post(f"/v1/organisations/{org}/users/{sanne_id}/disable", headers=bearer(admin_tokens))).status_code == 200
+    disabled = await http.post("/v1/activations", json={"token": link, "password": STRONG})
+    assert disabled.status_code in (400, 403), disabled.text
+    assert (await identity.account(sanne["email"]))["activation"] is None, "the link itself was revoked"
+
+    assert (await http.post(f"/v1/organisations/{org}/users/{sanne_id}/enable", headers=bearer(admin_tokens))).status_code == 200
+    revived = await http.post("/v1/activations", json={"token": link, "password": STRONG})
+    assert revived.status_code == 400 and revived.json()["error"]["code"] == "activation_invalid", \
+        "re-enabling does not bring the old link back"
+    assert (await identity.account(sanne["email"]))["status"] == "pending_activation"
+    assert (await http.post("/v1/activations/resend", json={"email": sanne["email"]})).status_code == 202
+    (reissued,) = await identity.events(ActivationLinkReissued, customer_id=sanne_id)
+    fresh = await http.post("/v1/activations", json={"token": unseal(identity, reissued, "activation_token"),
+                                                     "password": STRONG})
+    assert fresh.status_code == 200, fresh.text
 
 
 async def test_nobody_reaches_into_another_organisation_or_acts_above_their_role(identity: Harness) -> None:
