@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
 
 from shared.settings import ServiceSettings
 
@@ -56,3 +58,13 @@ class NotificationSettings(ServiceSettings):
     default_time_zone: str = "Europe/Paris"
 
     staff_api_token: SecretStr = SecretStr("")
+
+    @field_validator("portal_base_url")
+    @classmethod
+    def _absolute_portal(cls, value: str) -> str:
+        """Every portal link is this base + a path: a relative or scheme-less base would put
+        broken links in every message."""
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(f"PORTAL_BASE_URL must be an absolute http(s) address, got {value!r}")
+        return value.rstrip("/")

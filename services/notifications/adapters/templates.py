@@ -31,6 +31,7 @@ import jinja2
 from jinja2 import StrictUndefined, pass_context, select_autoescape
 
 from services.notifications.domain.locales import format_for, recipient_zone, template_chain
+from services.notifications.domain.messages import UnsafeLink, checked_link
 from services.notifications.domain.sms import Segments, normalise, segment_limit, segments
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
@@ -89,7 +90,8 @@ class TemplateRenderer:
         )
         self.env.filters.update(money=_money, date=_date, long_date=_long_date, short_date=_short_date, time=_time,
                                 number=_number)
-        self.env.filters["linkify"] = _linkify
+        self.env.filters["linkify"] = self._linkify
+        self.env.filters["link"] = self._link
         self._found: dict[tuple[str, str, str, str], jinja2.Template | None] = {}
         self._words: dict[str, dict[str, str]] = {}
 
@@ -145,6 +147,33 @@ class TemplateRenderer:
                     words[name] = "".join(block(template.new_context({}))).strip()
             self._words[locale] = words
         return self._words[locale]
+
+    # --- links ---------------------------------------------------------------------------------
+
+    def _link(self, value: str) -> str:
+        """``{{ field|link }}``: an event field written as a link, checked like the main link."""
+        try:
+            return checked_link(str(value), self.portal_base_url)
+        except UnsafeLink as error:
+            raise TemplateError(str(error)) from error
+
+    def _linkify(self, text: str) -> Any:
+        """Escape a line of text and make the links in it clickable (for the HTML layout); an
+        address that is no link we vouch for (typed by someone, plain http) stays text."""
+        from markupsafe import Markup, escape
+
+        out, last = [], 0
+        for match in _URL.finditer(text):
+            url = match.group(0)
+            try:
+                checked_link(url, self.portal_base_url)
+            except UnsafeLink:
+                continue
+            out.append(escape(text[last : match.start()]))
+            out.append(Markup('<a href="{0}">{0}</a>').format(url))
+            last = match.end()
+        out.append(escape(text[last:]))
+        return Markup("").join(out)
 
     # --- context -------------------------------------------------------------------------------
 
@@ -265,17 +294,3 @@ def _long_date(context: Any, value: date | datetime) -> str:
 @pass_context
 def _time(context: Any, value: datetime) -> str:
     return format_for(context["locale"]).time(_as_local(context, value))
-
-
-def _linkify(text: str) -> Any:
-    """Escape a line of text and make the URLs in it clickable (for the HTML layout)."""
-    from markupsafe import Markup, escape
-
-    out, last = [], 0
-    for match in _URL.finditer(text):
-        out.append(escape(text[last : match.start()]))
-        url = match.group(0)
-        out.append(Markup('<a href="{0}">{0}</a>').format(url))
-        last = match.end()
-    out.append(escape(text[last:]))
-    return Markup("").join(out)

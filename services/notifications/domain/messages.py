@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 Channel = Literal["email", "sms"]
 
@@ -28,6 +28,30 @@ class Urgency(str, Enum):
 
 
 CHOSEN = "chosen"  # the channel is the one the event names (its ``channel`` field)
+
+
+class UnsafeLink(ValueError):
+    """A link a message would carry is not one a customer can trust."""
+
+
+_NOT_IN_A_LINK = frozenset('<>"\\`')
+
+
+def checked_link(url: str, portal_base: str) -> str:
+    """A link a message may carry: under the portal's own base (plain http is fine for a local
+    portal), or absolute https on a named host, without credentials (``https://bank@evil``),
+    spaces or control characters. Links from event fields (a report, an invoice, the terms) come
+    from other services: a relative, ``http:`` or ``javascript:`` one would reach the customer as
+    our link."""
+    if not url or any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F or ch in _NOT_IN_A_LINK for ch in url):
+        raise UnsafeLink(f"not a well-formed link: {url[:200]!r}")
+    base = portal_base.rstrip("/")
+    if url == base or url.startswith((base + "/", base + "?")):
+        return url
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname or "@" in parts.netloc:
+        raise UnsafeLink(f"not an absolute https link: {url[:200]!r}")
+    return url
 
 
 @dataclass(frozen=True)
@@ -54,7 +78,7 @@ class FieldLink:
 
     def build(self, base_url: str, context: Mapping[str, Any]) -> str | None:
         value = context.get(self.name)
-        return str(value) if value else None
+        return checked_link(str(value), base_url) if value else None
 
 
 Link = PortalLink | FieldLink

@@ -14,7 +14,7 @@ import pytest
 from services.notifications.adapters.email_message import Sender, build_email
 from services.notifications.adapters.templates import TEMPLATES_DIR, SmsTooLong, TemplateError, TemplateRenderer
 from services.notifications.domain.locales import LOCALES
-from services.notifications.domain.messages import MessageTable
+from services.notifications.domain.messages import MessageTable, UnsafeLink, checked_link
 from services.notifications.domain.sms import segments
 from services.notifications.service_layer.recording import opened
 from shared.events import catalogue as c
@@ -164,6 +164,89 @@ def test_activation_and_reset_links_are_absolute_and_carry_the_unsealed_token_ur
         assert f'href="{links[0].replace("&", "&amp;")}"' in email.html
 
 
+# The main link of every email for the example events, written out by hand.
+EXPECTED_LINKS: dict[tuple[str, str], str | None] = {
+    ("customer.registered", "activation"): f"{PORTAL}/activate?token=tok",
+    ("customer.activation_link_reissued", "activation"): f"{PORTAL}/activate?token=t2",
+    ("organisation_user.invited", "organisation_invitation"): f"{PORTAL}/activate?token=inv",
+    ("customer.already_registered", "already_registered"): f"{PORTAL}/forgot-password",
+    ("customer.password_reset_requested", "password_reset"): f"{PORTAL}/reset-password?token=r",
+    ("customer.password_changed", "password_changed"): f"{PORTAL}/forgot-password",
+    ("customer.account_locked", "account_locked"): f"{PORTAL}/forgot-password",
+    ("customer.account_unlocked", "account_unlocked"): f"{PORTAL}/login",
+    ("customer.device_code_issued", "device_code"): None,
+    ("device.authorised", "new_device"): f"{PORTAL}/security/devices",
+    ("customer.access_ended", "access_ended"): None,
+    ("contract.nearing_end", "lease_end_decision"): f"{PORTAL}/contracts/FR-LOA-0042/end-of-lease",
+    ("contract.nearing_end", "lease_end_return"): f"{PORTAL}/contracts/FR-LOA-0042/return",
+    ("appointment.booked", "appointment_confirmation"): f"{PORTAL}/contracts/FR-LOA-0042/return",
+    ("appointment.reminder_due", "appointment_reminder"): None,
+    ("appointment.cancelled", "appointment_cancelled"): f"{PORTAL}/contracts/FR-LOA-0042/return",
+    ("inspection.completed", "inspection_report"): "https://portal.example.com/inspections/ins_5",
+    ("invoice.issued", "invoice"): "https://portal.example.com/invoices/inv_8",
+    ("secure_message.replied", "secure_message_reply"): f"{PORTAL}/messages/thr_9",
+    ("terms.acceptance_required", "terms_acceptance_required"): "https://portal.example.com/terms/FR-2026-09/fr-FR",
+    ("terms.accepted", "terms_accepted"): "https://portal.example.com/terms/FR-2026-09/fr-FR",
+    ("privacy_request.received", "privacy_request_received"): f"{PORTAL}/privacy/requests/prq_1",
+    ("privacy_request.completed", "privacy_request_completed"): f"{PORTAL}/privacy/requests/prq_1",
+}
+EMAIL_CASES = [case for case in CASES if case[1] == "email"]
+
+
+def test_the_expected_links_cover_every_email_of_the_table() -> None:
+    emails = {(spec.event_type, spec.template) for spec in TABLE.specs if "email" in TABLE.channels_of(spec)}
+    assert emails == set(EXPECTED_LINKS)
+
+
+@pytest.mark.parametrize(("template", "channel", "locale", "event"), EMAIL_CASES,
+                         ids=[f"{t}-{loc}-{i}" for i, (t, _, loc, _) in enumerate(EMAIL_CASES)])
+def test_every_link_of_every_email_is_absolute_https_and_the_right_one(
+    template: str, channel: str, locale: str, event: c.Event
+) -> None:
+    email = render(template, channel, locale, event)
+    expected = {EXPECTED_LINKS[(event.event_type, template)], getattr(event, "explanation_url", None)} - {None}
+    hrefs = {href.replace("&amp;", "&") for href in re.findall(r'href="([^"]+)"', email.html)}
+    in_text = set(re.findall(r"https?://[^\s<>\"']+", email.text))
+    assert hrefs == expected and in_text == expected, (hrefs, in_text, expected)
+    assert all(urlsplit(u).scheme == "https" and urlsplit(u).hostname for u in hrefs | in_text)
+
+
+@pytest.mark.parametrize("url", [
+    "http://portal.example.com/inspections/ins_5",  # readable by anyone on the way
+    "/inspections/ins_5",  # relative: means nothing in a mailbox
+    "//evil.example/inspections/ins_5",
+    "javascript:alert(document.cookie)",
+    "https://portal.example.com@evil.example/ins_5",  # looks like ours, goes elsewhere
+    "https://portal.example.com/ins 5",
+    'https://portal.example.com/"><script>',
+])
+def test_a_link_from_an_event_field_that_is_not_absolute_https_is_refused(url: str) -> None:
+    inspection = next(e for e in example_events() if e.event_type == "inspection.completed")
+    bad = c.InspectionCompleted.model_validate(inspection.model_dump() | {"report_url": url})
+    with pytest.raises(UnsafeLink):
+        render("inspection_report", "email", "fr-FR", bad)
+    completed = next(e for e in example_events() if e.event_type == "privacy_request.completed")
+    explained = c.PrivacyRequestCompleted.model_validate(completed.model_dump() | {"explanation_url": url})
+    with pytest.raises(TemplateError, match="link"):
+        render("privacy_request_completed", "email", "nl-BE", explained)
+
+
+def test_links_under_the_portal_base_may_be_plain_http_for_a_local_portal() -> None:
+    local = "http://127.0.0.1:8000"
+    assert checked_link(f"{local}/activate?token=x", local) == f"{local}/activate?token=x"
+    with pytest.raises(UnsafeLink):
+        checked_link("http://127.0.0.1:8000.evil.example/x", local)
+    with pytest.raises(UnsafeLink):
+        checked_link("http://elsewhere.example/x", local)
+
+
+def test_an_address_someone_typed_is_not_made_a_link_in_the_html() -> None:
+    replied = next(e for e in example_events() if e.event_type == "secure_message.replied")
+    typed = c.SecureMessageReplied.model_validate(replied.model_dump() | {"topic": "see http://evil.example/pay"})
+    email = render("secure_message_reply", "email", "en", typed)
+    assert "http://evil.example/pay" in email.html and 'href="http://evil.example' not in email.html
+
+
 def test_regional_wording_overrides_the_language_base() -> None:
     booked = next(e for e in example_events() if e.event_type == "appointment.booked")
     assert "kentekencard" in render("appointment_confirmation", "email", "nl-NL", booked).text
@@ -262,3 +345,14 @@ def test_a_non_ascii_subject_is_encoded_and_a_marketing_email_offers_to_unsubscr
     assert str(message["Subject"]) == "Déjà vu – été"
     assert message["List-Unsubscribe"] == "<https://portal.leaseline.example/preferences/communications?channel=email>"
     assert message["Auto-Submitted"] is None
+
+
+def test_a_relative_portal_base_is_refused_at_start() -> None:
+    from pydantic import ValidationError
+
+    from services.notifications.settings import NotificationSettings
+
+    for base in ("portal.leaseline.example", "/portal", "ftp://portal.leaseline.example", "https://"):
+        with pytest.raises(ValidationError, match="PORTAL_BASE_URL"):
+            NotificationSettings(portal_base_url=base)
+    assert NotificationSettings(portal_base_url="https://portal.leaseline.example/").portal_base_url == PORTAL
