@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -170,12 +170,17 @@ async def test_after_linking_a_new_device_is_authorised_by_code_and_remembered(i
 
     again = (await login(identity, who, device_token=tokens["device_token"])).json()
     assert again["status"] == "authenticated", "a remembered device goes straight in"
-    identity.clock.advance(timedelta(days=179))
-    assert (await login(identity, who, device_token=tokens["device_token"])).json()["status"] == "authenticated"
-    identity.clock.advance(timedelta(days=181))
-    stale = (await login(identity, who, device_token=tokens["device_token"])).json()
-    assert stale["status"] == "device_authorisation_required", "180 days without use: authorise again"
-    identity.clock.advance(-timedelta(days=360))
+    try:
+        identity.clock.advance(timedelta(days=179))
+        assert (await login(identity, who, device_token=tokens["device_token"])).json()["status"] == "authenticated"
+        identity.clock.advance(timedelta(days=179))
+        used = (await login(identity, who, device_token=tokens["device_token"])).json()
+        assert used["status"] == "authenticated", "358 days after authorisation, but used 179 days ago: remembered"
+        identity.clock.advance(timedelta(days=181))
+        stale = (await login(identity, who, device_token=tokens["device_token"])).json()
+        assert stale["status"] == "device_authorisation_required", "181 days without use: authorise again"
+    finally:
+        identity.clock.advance(-timedelta(days=179 + 179 + 181))
 
     devices = (await http.get("/v1/me/devices", headers=bearer(again))).json()
     assert [d["label"] for d in devices] == ["Zoe's laptop"]
@@ -209,19 +214,77 @@ async def test_five_wrong_codes_kill_the_code_and_sending_is_limited(identity: H
     assert fourth.status_code == 429 and fourth.json()["error"]["code"] == "too_many_codes"
 
 
-async def test_a_device_code_expires_after_ten_minutes(identity: Harness) -> None:
+async def test_a_device_code_works_until_ten_minutes_and_not_a_moment_later(identity: Harness) -> None:
     who, _ = await linked(identity, "Benoit Carre")
     http = identity.http()
     challenge = (await login(identity, who)).json()["challenge"]
     await http.post("/v1/device-challenges/code", json={"challenge": challenge, "channel": "email"})
     (issued,) = await identity.events(DeviceCodeIssued, customer_id=who["customer_id"])
-    identity.clock.advance(timedelta(minutes=10))
-    try:
-        late = await http.post("/v1/device-challenges/verify",
-                               json={"challenge": challenge, "code": unseal(identity, issued, "code")})
-    finally:
-        identity.clock.advance(-timedelta(minutes=10))
-    assert late.json()["error"]["code"] == "code_expired"
+    assert timedelta(minutes=9, seconds=50) < issued.code_expires_at - identity.clock.now() <= timedelta(minutes=10)
+    verify = {"challenge": challenge, "code": unseal(identity, issued, "code")}
+
+    async def verify_at(moment: timedelta) -> dict:
+        """Verify when the clock reads ``code_expires_at + moment`` (set just before the call)."""
+        saved = identity.clock.offset
+        identity.clock.offset = issued.code_expires_at + moment - datetime.now(UTC)
+        try:
+            return (await http.post("/v1/device-challenges/verify", json=verify)).json()
+        finally:
+            identity.clock.offset = saved
+
+    assert (await verify_at(timedelta(seconds=1)))["error"]["code"] == "code_expired"
+    assert (await verify_at(-timedelta(seconds=2)))["status"] == "authenticated", "just before: still good"
+
+
+async def authorise_by_email(identity: Harness, who: dict, http, *, remember: bool) -> dict:  # type: ignore[no-untyped-def]
+    """Sign in on a new device and authorise it with the emailed code; returns the verify answer."""
+    challenge = (await login(identity, who, client=http)).json()
+    assert challenge["status"] == "device_authorisation_required", challenge
+    sent = await http.post("/v1/device-challenges/code", json={"challenge": challenge["challenge"], "channel": "email"})
+    assert sent.status_code == 202, sent.text
+    expires = sent.json()["code_expires_at"]
+
+    async def this_code() -> list:
+        codes = await identity.events(DeviceCodeIssued, customer_id=who["customer_id"])
+        return [c for c in codes if c.code_expires_at == datetime.fromisoformat(expires)]
+
+    (issued,) = await eventually(this_code, 20, "the code just sent")
+    done = await http.post("/v1/device-challenges/verify", json={
+        "challenge": challenge["challenge"], "code": unseal(identity, issued, "code"), "remember": remember})
+    assert done.status_code == 200, done.text
+    return done.json()
+
+
+async def test_a_device_authorised_without_remember_is_asked_again_at_every_sign_in(identity: Harness) -> None:
+    who, _ = await linked(identity, "Coralie Vidal")
+    http = identity.http()
+    first = await authorise_by_email(identity, who, http, remember=False)
+    assert first["status"] == "authenticated" and first.get("device_token") is None, "nothing to remember it by"
+    (authorised,) = await identity.events(DeviceAuthorised, customer_id=who["customer_id"])
+    assert authorised.remembered is False
+    (device,) = (await http.get("/v1/me/devices", headers=bearer(first))).json()
+    assert device["remembered"] is False
+    forged = f"{device['device_id']}.{'A' * 43}"
+    for extra in ({}, {"device_token": forged}):
+        assert (await login(identity, who, **extra)).json()["status"] == "device_authorisation_required", extra
+    second = await authorise_by_email(identity, who, http, remember=False)
+    assert second["status"] == "authenticated"
+
+
+async def test_codes_sent_for_one_account_are_limited_across_its_attempts_and_addresses(identity: Harness) -> None:
+    who, _ = await linked(identity, "Maxime Texier")  # the limit: 5 codes an hour per account
+    sent = []
+    for address in ("192.0.2.10", "192.0.2.11"):
+        http = identity.http(address)
+        challenge = (await login(identity, who, client=http)).json()["challenge"]
+        for _ in range(3):
+            answer = await http.post("/v1/device-challenges/code", json={"challenge": challenge, "channel": "email"})
+            sent.append((answer.status_code, answer.json().get("error", {}).get("code")))
+    assert sent == [(202, None)] * 5 + [(429, "rate_limited")], "the sixth code of the hour, from another address too"
+    third = identity.http("192.0.2.12")
+    challenge = (await login(identity, who, client=third)).json()["challenge"]
+    again = await third.post("/v1/device-challenges/code", json={"challenge": challenge, "channel": "email"})
+    assert again.status_code == 429 and int(again.headers["Retry-After"]) > 0
 
 
 async def test_access_ends_18_months_after_the_last_running_contract_ended(identity: Harness) -> None:
