@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from services.identity.bootstrap import build
 from tests.conftest import Infrastructure
+from tests.integration.identity.test_contracts_and_devices import authorise_by_email, linked
 from tests.integration.identity.conftest import (
     Harness,
     ShiftableClock,
@@ -139,15 +140,25 @@ async def test_logout_ends_this_session_and_logout_everywhere_ends_them_all(iden
 
 async def test_a_customer_cannot_see_or_end_another_customers_sessions_or_devices(identity: Harness) -> None:
     _, mallory = await signed_in(identity, "Mallory Noir")
-    _, victim = await signed_in(identity, "Victor Blanc")
+    victor, _ = await linked(identity, "Victor Blanc")
     http = identity.http()
+    victim = await authorise_by_email(identity, victor, http, remember=True)
+    (device,) = (await http.get("/v1/me/devices", headers=bearer(victim))).json()
+    assert device["remembered"]
 
     attempt = await http.delete(f"/v1/me/sessions/{victim['session_id']}", headers=bearer(mallory))
     assert attempt.status_code == 404, "someone else's session does not exist for this caller"
     assert (await http.get("/v1/me", headers=bearer(victim))).status_code == 200
-    assert (await http.delete("/v1/me/devices/dev_of_victor", headers=bearer(mallory))).status_code == 404
+    forget = await http.delete(f"/v1/me/devices/{device['device_id']}", headers=bearer(mallory))
+    assert forget.status_code == 404 and forget.json()["error"]["code"] == "not_found"
+    assert (await http.get("/v1/me/devices", headers=bearer(mallory))).json() == []
     mine = (await http.get("/v1/me/sessions", headers=bearer(mallory))).json()
     assert victim["session_id"] not in {s["session_id"] for s in mine}
+
+    assert (await http.get("/v1/me/devices", headers=bearer(victim))).json() == [device], "the device is untouched"
+    assert (await http.get("/v1/me", headers=bearer(victim))).status_code == 200, "and its session lives"
+    again = await login(identity, victor, device_token=victim["device_token"])
+    assert again.json()["status"] == "authenticated", "still remembered"
 
 
 def _pem() -> str:
