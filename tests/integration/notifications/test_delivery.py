@@ -39,17 +39,33 @@ async def mail_to(harness: Harness, address: str, count: int = 1, timeout: float
                             f"{count} email(s) to {address}")
 
 
+# A short lease, so that a test can wait past it: a delivery left claimable after it was sent
+# would be claimed by the next sweep and sent again within LEASE_S + SWEEP_S.
+LEASE_S, SWEEP_S = 2.0, 0.5
+SHORT_LEASE = {"delivery_lease_s": LEASE_S, "delivery_sweep_s": SWEEP_S}
+
+
+async def past_the_lease() -> None:
+    await asyncio.sleep(LEASE_S + SWEEP_S + 1.0)
+
+
+def duplicates(harness: Harness, event_type: str) -> float:
+    metrics = harness.service.runtime.metrics
+    return metrics.duplicates.labels(metrics.service, harness.topic(event_type))._value.get()
+
+
 async def test_the_same_event_delivered_three_times_sends_one_email(notifications: StartNotifications, unique: str) -> None:
-    harness = await notifications()
+    harness = await notifications(**SHORT_LEASE)
     jeanne = person(unique)
     envelope = harness.wrap(password_changed(jeanne))
 
     await harness.publish(envelope, envelope, envelope)
     await harness.wait_handled("customer.password_changed", 3)
     [mail] = await mail_to(harness, jeanne["email"])
-    await asyncio.sleep(1.0)  # time for a second email, were there to be one
+    await past_the_lease()  # time for a second email, were there to be one
 
     assert len(harness.sinks.mail.to(jeanne["email"])) == 1
+    assert duplicates(harness, "customer.password_changed") == 2
     assert mail.subject == "Votre mot de passe Leaseline a été modifié"
     [delivery] = await harness.deliveries_of(jeanne["customer_id"])
     assert (delivery["status"], delivery["attempts"], delivery["channel"]) == ("sent", 1, "email")
@@ -59,10 +75,31 @@ async def test_the_same_event_delivered_three_times_sends_one_email(notification
     assert sent[0]["causationid"] == envelope.id and sent[0]["correlationid"] == envelope.correlationid
 
 
+async def test_the_same_event_arriving_after_its_email_was_sent_and_archived_sends_nothing(
+    notifications: StartNotifications, unique: str
+) -> None:
+    harness = await notifications(**SHORT_LEASE)
+    jeanne = person(unique)
+    envelope = harness.wrap(password_changed(jeanne))
+    await harness.publish(envelope)
+    await mail_to(harness, jeanne["email"])
+    await eventually(lambda: _gone(harness, envelope.id), 30, "the delivery archived and out of the active set")
+
+    await harness.publish(envelope)  # a producer's re-send, long after: only the ledger remembers it
+    await harness.wait_handled("customer.password_changed", 2)
+    assert duplicates(harness, "customer.password_changed") == 1
+    assert await _gone(harness, envelope.id), "the copy recorded for a moment is gone again"
+    await past_the_lease()
+    assert len(harness.sinks.mail.to(jeanne["email"])) == 1
+    [delivery] = await harness.deliveries_of(jeanne["customer_id"])
+    assert (delivery["status"], delivery["attempts"]) == ("sent", 1)
+
+
 async def test_messages_sent_while_the_smtp_server_is_down_arrive_once_when_it_returns(
     notifications: StartNotifications, unique: str
 ) -> None:
-    harness = await notifications(delivery_max_attempts=30, delivery_backoff_initial_s=0.5, delivery_backoff_max_s=3)
+    harness = await notifications(delivery_max_attempts=30, delivery_backoff_initial_s=0.5, delivery_backoff_max_s=3,
+                                  **SHORT_LEASE)
     catcher = harness.sinks.mail
     port = catcher.port
     await catcher.stop()
@@ -79,11 +116,14 @@ async def test_messages_sent_while_the_smtp_server_is_down_arrive_once_when_it_r
 
     await eventually(all_retrying, 30, "every delivery failed once and waits for a retry")
     await asyncio.sleep(max(0.0, 20 - (time.monotonic() - down_since)))
-    assert catcher.received == 0
+    for p in people:  # 20 s of refused connections: tried, and still waiting to be sent
+        [delivery] = await harness.deliveries_of(p["customer_id"])
+        assert delivery["status"] in ("retrying", "sending") and delivery["attempts"] >= 2, delivery
+        assert all(a["outcome"] == "transient" and "SMTP connection" in a["reason"] for a in delivery["history"])
     back = await SmtpCatcher(harness.sinks.directory / "mail", port=port).start()
     try:
         await eventually(lambda: back.received >= len(people), 30, "every message after the server returned")
-        await asyncio.sleep(2.0)
+        await past_the_lease()
         recipients = sorted(r for m in back.messages for r in m.rcpt_tos)
         assert recipients == sorted(p["email"] for p in people), "each message exactly once"
         assert len({m.parsed()["Message-ID"] for m in back.messages}) == len(people)
@@ -160,13 +200,13 @@ async def _deliveries(harness: Harness, who: dict[str, Any], count: int) -> list
 
 
 async def test_a_rate_limited_sms_is_retried_and_delivered_once(notifications: StartNotifications, unique: str) -> None:
-    harness = await notifications()
+    harness = await notifications(**SHORT_LEASE)
     harness.sinks.sms.fail(status=429, code=20429, times=1)
     jeanne = person(unique)
     await harness.publish(device_code(jeanne, mobile="+33698765432", code="118822"))
 
     await eventually(lambda: harness.sinks.sms.messages, 30, "the SMS")
-    await asyncio.sleep(1.0)
+    await past_the_lease()
     [sms] = harness.sinks.sms.messages
     assert sms.to == "+33698765432" and "118822" in sms.body
     assert harness.sinks.mail.to(jeanne["email"]) == []
@@ -354,7 +394,7 @@ async def test_marketing_goes_only_with_consent_and_carries_an_unsubscribe_link(
     await harness.publish(letter(agreed), letter(silent))
     [mail] = await mail_to(harness, agreed["email"])
     await harness.wait_handled("contract.nearing_end", 2)
-    await asyncio.sleep(1.0)
+    assert await harness.deliveries_of(silent["customer_id"]) == [], "handled, and nothing recorded to send"
     assert harness.sinks.mail.to(silent["email"]) == []
     assert mail.parsed()["List-Unsubscribe"] == f"<{PORTAL}/preferences/communications?channel=email>"
     assert "Se désinscrire" in mail.html()
@@ -364,7 +404,7 @@ async def test_marketing_goes_only_with_consent_and_carries_an_unsubscribe_link(
     await harness.wait_handled("consent.withdrawn", 1)
     await harness.publish(letter(agreed))
     await harness.wait_handled("contract.nearing_end", 3)
-    await asyncio.sleep(1.0)
+    assert len(await harness.deliveries_of(agreed["customer_id"])) == 1, "the letter after the withdrawal: not recorded"
     assert len(harness.sinks.mail.to(agreed["email"])) == 1
 
 
@@ -455,15 +495,15 @@ async def test_a_delivery_abandoned_by_a_sender_that_died_is_sent_by_the_next_on
     notifications: StartNotifications, unique: str
 ) -> None:
     stuck = Stuck()
-    first = await notifications(email=stuck, delivery_lease_s=2, delivery_sweep_s=0.5)
+    first = await notifications(email=stuck, **SHORT_LEASE)
     jeanne = person(unique)
     await first.publish(password_changed(jeanne))
     await asyncio.wait_for(stuck.called.wait(), 30)
     await first.service.runtime.stop()  # dies in the middle of sending
 
-    second = await notifications(delivery_lease_s=2, delivery_sweep_s=0.5)
+    second = await notifications(**SHORT_LEASE)
     [mail] = await mail_to(second, jeanne["email"])
-    await asyncio.sleep(1.0)
+    await past_the_lease()
     assert len(second.sinks.mail.to(jeanne["email"])) == 1
     [delivery] = await second.deliveries_of(jeanne["customer_id"])
     assert delivery["status"] == "sent"
