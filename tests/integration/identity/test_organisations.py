@@ -220,3 +220,24 @@ async def test_a_security_administrator_requires_everyone_to_change_password_at_
     assert event.email == who["email"]
     replay = await http.post("/v1/password-changes/forced", json={"change_ticket": ticket, "new_password": "Third-Pass-Word-55"})
     assert replay.json()["error"]["code"] == "change_ticket_invalid"
+
+
+async def test_a_security_administrator_requires_chosen_accounts_only_to_change_password(identity: Harness) -> None:
+    _, security = await staff(identity, "security_administrator")
+    chosen = await register_and_activate(identity, "Emile Roussel")
+    spared = await register_and_activate(identity, "Fanny Caron")
+    http = identity.http()
+
+    required = await http.post("/v1/staff/password-change-requirements", headers=bearer(security),
+                               json={"account_ids": [chosen["customer_id"], chosen["customer_id"], "cus_nobody"]})
+    assert required.status_code == 200 and required.json()["accounts"] == 1, "unknown and repeated ids do not count"
+
+    refused = await login(identity, chosen)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "password_change_required"
+    assert (await login(identity, spared)).status_code == 200, "an account not chosen signs in as before"
+    ticket = refused.json()["error"]["details"]["change_ticket"]
+    changed = await http.post("/v1/password-changes/forced", json={"change_ticket": ticket, "new_password": OTHER_STRONG})
+    assert changed.status_code == 200, changed.text
+    assert (await login(identity, chosen | {"password": OTHER_STRONG})).status_code == 200, "asked once only"
+    await identity.events(PasswordChanged, customer_id=chosen["customer_id"], reason="forced_change")
+    assert (await login(identity, chosen)).status_code == 401, "the old password is gone"
