@@ -9,10 +9,12 @@ import pytest
 from services.identity.service_layer.administration import Person, create_staff_account
 from shared.events import AccountLocked, AccountUnlocked
 from tests.integration.identity.conftest import (
+    OTHER_STRONG,
     STRONG,
     Harness,
     bearer,
     login,
+    person,
     register_and_activate,
     start_harness,
     stop_harness,
@@ -97,9 +99,16 @@ async def test_unknown_emails_are_never_locked_but_are_rate_limited_like_known_o
 async def test_one_address_is_limited_across_accounts_on_every_endpoint_that_sends_or_checks(
     infra: Infrastructure,
 ) -> None:
-    harness = await start_harness(infra, rate_address_checks_per_5min=3, rate_address_sends_per_hour=2)
+    harness = await start_harness(infra, rate_address_checks_per_5min=3, rate_address_sends_per_hour=2,
+                                  answer_floor_ms=0)
     try:
         attacker, neighbour = harness.http("203.0.113.66"), harness.http("203.0.113.99")
+        signed_in = await register_and_activate(harness, "Tanguy Leroux")  # from another address
+        session = bearer((await login(harness, signed_in)).json())
+
+        def newcomer(i: int) -> dict:
+            return person("Ulysse Barbier") | {"email": f"ulysse.{i}@example.fr"}
+
         calls = {
             "/v1/sessions": lambda i: {"email": f"target{i}@example.fr", "password": WRONG},
             "/v1/activations": lambda i: {"token": f"cus_x{i}." + "A" * 43},
@@ -107,18 +116,31 @@ async def test_one_address_is_limited_across_accounts_on_every_endpoint_that_sen
             "/v1/sessions/refresh": lambda i: {"refresh_token": f"ses_x{i}." + "A" * 43},
             "/v1/device-challenges/verify": lambda i: {"challenge": f"chl_x{i}." + "A" * 43, "code": "123456"},
             "/v1/password-changes/forced": lambda i: {"change_ticket": f"cus_x{i}." + "A" * 43, "new_password": STRONG},
+            "/v1/registrations/by-customer-number": lambda i: newcomer(i) | {"customer_number": f"BE-{i}000",
+                                                                              "code": "123456"},
+            "PUT /v1/me/password": lambda i: {"current_password": WRONG, "new_password": OTHER_STRONG},
+            "/v1/me/contract-links": lambda i: {"method": "customer_number", "customer_number": f"BE-{i}001"},
         }
         sends = {
+            "/v1/registrations": newcomer,
             "/v1/password-resets": lambda i: {"email": f"target{i}@example.fr"},
             "/v1/activations/resend": lambda i: {"email": f"target{i}@example.fr"},
             "/v1/registrations/customer-number-codes": lambda i: {"customer_number": f"BE-{i}000", "locale": "nl-BE"},
             "/v1/device-challenges/code": lambda i: {"challenge": f"chl_x{i}." + "A" * 43, "channel": "sms"},
         }
-        for path, body in [*calls.items(), *sends.items()]:
-            allowed = 3 if path in calls else 2
-            statuses = [(await attacker.post(path, json=body(i))).status_code for i in range(allowed + 1)]
-            assert 429 not in statuses[:allowed] and statuses[-1] == 429, (path, statuses)
-            assert (await neighbour.post(path, json=body(99))).status_code != 429, path
+        for target, body in [*calls.items(), *sends.items()]:
+            method, _, path = target.rpartition(" ")
+            headers = session if path.startswith("/v1/me/") else {}
+
+            async def call(client, i: int) -> int:  # type: ignore[no-untyped-def]
+                answer = await client.request(method or "POST", path, json=body(i), headers=headers)
+                assert answer.status_code < 500, (target, answer.text)
+                return answer.status_code
+
+            allowed = 3 if target in calls else 2
+            statuses = [await call(attacker, i) for i in range(allowed + 1)]
+            assert 429 not in statuses[:allowed] and statuses[-1] == 429, (target, statuses)
+            assert await call(neighbour, 99) != 429, target
     finally:
         await stop_harness(harness)
 
