@@ -30,7 +30,7 @@ from typing import Any
 import jinja2
 from jinja2 import StrictUndefined, pass_context, select_autoescape
 
-from services.notifications.domain.locales import format_for, recipient_zone, template_chain
+from services.notifications.domain.locales import format_for, french_spacing, recipient_zone, template_chain
 from services.notifications.domain.messages import UnsafeLink, checked_link
 from services.notifications.domain.sms import Segments, normalise, segment_limit, segments
 
@@ -40,6 +40,7 @@ COMMON_BLOCKS = ("greeting", "signature", "footer", "marketing_footer", "unsubsc
 
 _URL = re.compile(r"https?://[^\s<>\"']+")
 _BLANK_LINES = re.compile(r"\n{3,}")
+_SPACES = re.compile(r"[ \t\r\n]+")
 
 
 class TemplateError(Exception):
@@ -195,11 +196,12 @@ class TemplateRenderer:
               ) -> RenderedEmail:
         name = f"{template}.email"
         contexts: dict[str, Any] = {}
-        subject = " ".join(self._block(name, "subject", locale, context, contexts=contexts).split())
-        body = _tidy(self._block(name, "body", locale, context, contexts=contexts))
+        typeset = french_spacing if locale.split("-")[0] == "fr" else _as_is
+        subject = typeset(_one_line(self._block(name, "subject", locale, context, contexts=contexts)))
+        body = typeset(_tidy(self._block(name, "body", locale, context, contexts=contexts)))
         link = context.get("link")
-        action = " ".join(self._block(name, "action", locale, context, contexts=contexts).split()) if link else ""
-        common = {block: _tidy(self._block("_common", block, locale, context, contexts=contexts))
+        action = typeset(_one_line(self._block(name, "action", locale, context, contexts=contexts))) if link else ""
+        common = {block: typeset(_tidy(self._block("_common", block, locale, context, contexts=contexts)))
                   for block in COMMON_BLOCKS}
         marketing = unsubscribe_url is not None
         footer = common["marketing_footer"] if marketing else common["footer"]
@@ -245,6 +247,16 @@ def paragraphs(text: str) -> list[Paragraph]:
         bullets = all(line.startswith("- ") for line in lines)
         result.append(Paragraph(tuple(line[2:] for line in lines) if bullets else lines, bullets))
     return result
+
+
+def _one_line(text: str) -> str:
+    """Line breaks and runs of spaces become one space; no-break spaces (in times, amounts,
+    before French punctuation) stay what they are."""
+    return _SPACES.sub(" ", text).strip()
+
+
+def _as_is(text: str) -> str:
+    return text
 
 
 def _tidy(text: str) -> str:

@@ -6,6 +6,7 @@ one machine to the next; the formats follow CLDR for the six locales the portal 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -74,19 +75,32 @@ class LocaleFormat:
 
 _FR = dict(language="fr", decimal=",", currency_before=False, months=_FR_MONTHS, days=_FR_DAYS,
            time_pattern="{h}\u00a0h\u00a0{mm}")
-_NL = dict(language="nl", decimal=",", group=".", currency_before=True, months=_NL_MONTHS, days=_NL_DAYS)
+# Taalunie: "10.40 uur", hours without a leading zero ("9.30 uur"), in Belgium and the Netherlands.
+_NL = dict(language="nl", decimal=",", group=".", currency_before=True, months=_NL_MONTHS, days=_NL_DAYS,
+           time_pattern="{h}.{mm}\u00a0uur")
 
 FORMATS: dict[str, LocaleFormat] = {
     "fr-FR": LocaleFormat("fr-FR", time_zone="Europe/Paris", group=NNBSP, symbols={"EUR": "€", "CAD": "$CA"}, **_FR),
     "fr-BE": LocaleFormat("fr-BE", time_zone="Europe/Brussels", group=NNBSP, symbols={"EUR": "€", "CAD": "$CA"}, **_FR),
     "fr-CA": LocaleFormat("fr-CA", time_zone="America/Toronto", group=NBSP, symbols={"EUR": "€", "CAD": "$"}, **_FR),
-    "nl-NL": LocaleFormat("nl-NL", time_zone="Europe/Amsterdam", symbols={"EUR": "€", "CAD": "C$"},
-                          time_pattern="{hh}:{mm}\u00a0uur", **_NL),
-    "nl-BE": LocaleFormat("nl-BE", time_zone="Europe/Brussels", symbols={"EUR": "€", "CAD": "C$"},
-                          time_pattern="{hh}.{mm}\u00a0uur", **_NL),
+    "nl-NL": LocaleFormat("nl-NL", time_zone="Europe/Amsterdam", symbols={"EUR": "€", "CAD": "C$"}, **_NL),
+    "nl-BE": LocaleFormat("nl-BE", time_zone="Europe/Brussels", symbols={"EUR": "€", "CAD": "C$"}, **_NL),
     "en": LocaleFormat("en", language="en", time_zone="Europe/Paris", decimal=".", group=",", currency_before=True,
                        symbols={"EUR": "€", "CAD": "CA$"}, months=_EN_MONTHS, days=_EN_DAYS, time_pattern="{hh}:{mm}"),
 }
+
+
+_BEFORE_COLON = re.compile(r" :")
+_BEFORE_HIGH_PUNCTUATION = re.compile(r" ([;!?])")
+
+
+def french_spacing(text: str) -> str:
+    """French punctuation keeps its space on its line: a no-break space before a colon and inside
+    « », a narrow no-break space before ; ! ? (so that a line never starts with one of them when
+    an email client wraps the text). Only spaces already written are replaced."""
+    text = _BEFORE_COLON.sub(NBSP + ":", text)
+    text = _BEFORE_HIGH_PUNCTUATION.sub(NNBSP + r"\1", text)
+    return text.replace("« ", "«" + NBSP).replace(" »", NBSP + "»")
 
 
 def template_chain(locale: str) -> tuple[str, ...]:

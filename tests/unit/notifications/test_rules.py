@@ -244,3 +244,19 @@ def test_amounts_and_dates_per_locale() -> None:
     assert format_for("en").money(amount, "EUR") == "€1,234.56"
     assert format_for("fr-FR").long_date(date(2026, 12, 1)) == "mardi 1er décembre 2026"
     assert format_for("nl-NL").long_date(date(2026, 12, 1)) == "dinsdag 1 december 2026"
+    assert format_for("fr-CA").day_month(date(2026, 12, 1)) == "1er décembre"
+
+
+def test_times_per_locale() -> None:
+    morning = datetime(2026, 11, 23, 9, 5)
+    assert format_for("fr-FR").time(morning) == "9\u00a0h\u00a005"
+    assert format_for("nl-NL").time(morning) == format_for("nl-BE").time(morning) == "9.05\u00a0uur"
+    assert format_for("en").time(morning) == "09:05"
+
+
+def test_french_spacing_keeps_punctuation_on_its_line() -> None:
+    from services.notifications.domain.locales import french_spacing
+
+    assert french_spacing("Rappel : votre code ? Oui ; « fin » !") == (
+        "Rappel\u00a0: votre code\u202f? Oui\u202f; «\u00a0fin\u00a0»\u202f!")
+    assert french_spacing("https://portal.example/a?b=c") == "https://portal.example/a?b=c", "links are left alone"

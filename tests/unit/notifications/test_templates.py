@@ -255,8 +255,66 @@ def test_regional_wording_overrides_the_language_base() -> None:
     assert "carte grise" not in render("appointment_confirmation", "email", "fr-BE", booked).text
     assert "texto" in render("appointment_confirmation", "email", "fr-CA", booked).text
     invoice = next(e for e in example_events() if e.event_type == "invoice.issued")
-    assert "Montant HT" in render("invoice", "email", "fr-FR", invoice).text
-    assert "avant taxes" in render("invoice", "email", "fr-CA", invoice).text
+    france, belgium, quebec = (render("invoice", "email", loc, invoice).text for loc in ("fr-FR", "fr-BE", "fr-CA"))
+    assert "Montant HT\u00a0:" in france and "Total TTC\u00a0:" in france
+    assert "Montant HTVA\u00a0:" in belgium and "Total TVAC\u00a0:" in belgium and " HT\u00a0" not in belgium
+    assert "Montant avant taxes\u00a0:" in quebec and "Total taxes incluses\u00a0:" in quebec and "TVA" not in quebec
+    inspection = next(e for e in example_events() if e.event_type == "inspection.completed")
+    assert "10 jours ouvrés" in render("inspection_report", "email", "fr-FR", inspection).text
+    for locale in ("fr-BE", "fr-CA"):
+        assert "10 jours ouvrables" in render("inspection_report", "email", locale, inspection).text
+
+
+def _all_emails_and_sms(locale: str) -> str:
+    texts = []
+    for template, channel, case_locale, event in CASES:
+        if case_locale == locale:
+            message = render(template, channel, locale, event)
+            texts += [message.text] if channel == "sms" else [message.subject, message.text]
+    return "\n".join(texts).lower()
+
+
+def test_belgian_dutch_says_aanmelden_and_teruggave_and_dutch_says_inloggen_and_inleveren_throughout() -> None:
+    flemish, dutch = _all_emails_and_sms("nl-BE"), _all_emails_and_sms("nl-NL")
+    assert "aanmeld" in flemish and "teruggave" in flemish and "terugbrengen" in flemish
+    assert "inlog" not in flemish and "inlever" not in flemish
+    assert "inlog" in dutch and "inlever" in dutch
+    assert "aanmeld" not in dutch and "teruggave" not in dutch, "one word for signing in within nl"
+
+
+def test_a_deadline_is_written_day_first_then_time() -> None:
+    locked = next(e for e in example_events() if e.event_type == "customer.account_locked")  # 09:45 UTC
+    reset = next(e for e in example_events() if e.event_type == "customer.password_reset_requested")  # 10:30 UTC
+    nbsp = "\u00a0"
+    assert f"à partir du dimanche 22 novembre 2026 à 10{nbsp}h{nbsp}45." in render("account_locked", "email", "fr-FR", locked).text
+    assert f"jusqu'au dimanche 22 novembre 2026 à 11{nbsp}h{nbsp}30 " in render("password_reset", "email", "fr-BE", reset).text
+    assert f"vanaf zondag 22 november 2026 om 10.45{nbsp}uur." in render("account_locked", "email", "nl-NL", locked).text
+    assert f"tot zondag 22 november 2026 om 11.30{nbsp}uur " in render("password_reset", "email", "nl-BE", reset).text
+    assert "from Sunday 22 November 2026 at 10:45." in render("account_locked", "email", "en", locked).text
+    assert "until Sunday 22 November 2026 at 11:30 " in render("password_reset", "email", "en", reset).text
+
+
+FRENCH_EMAILS = [case for case in EMAIL_CASES if case[2].startswith("fr")]
+
+
+@pytest.mark.parametrize(("template", "channel", "locale", "event"), FRENCH_EMAILS,
+                         ids=[f"{t}-{loc}-{i}" for i, (t, _, loc, _) in enumerate(FRENCH_EMAILS)])
+def test_french_punctuation_never_starts_a_line(template: str, channel: str, locale: str, event: c.Event) -> None:
+    email = render(template, channel, locale, event)
+    for text in (email.subject, email.text, email.html):
+        assert not re.search(r" [:;!?»]|« ", text), re.search(r".{30} [:;!?»].{10}|« .{30}", text)
+    if " : " in email.text.replace("\u00a0", " "):
+        assert "\u00a0:" in email.html
+
+
+def test_the_english_wording_says_what_it_means() -> None:
+    events = {e.event_type: e for e in example_events()}
+    decision = render("lease_end_decision", "email", "en", events["contract.nearing_end"])
+    assert "Tell us your decision\n" in decision.text
+    device = render("new_device", "email", "en", events["device.authorised"])
+    assert "you will not be asked for a code on this device again" in device.text
+    invoice = render("invoice", "email", "en", events["invoice.issued"])
+    assert "On 30 November 2026, we issued a new invoice for your contract FR-LOA-0042." in invoice.text
 
 
 @pytest.mark.parametrize("locale", [loc for loc in LOCALES if loc != "en"])
@@ -294,6 +352,7 @@ def test_times_are_shown_in_the_recipients_zone() -> None:
     assert "10 h 40" in render("device_code", "sms", "fr-FR", code).text  # Paris, winter
     assert "4 h 40" in render("device_code", "sms", "fr-CA", code).text  # Toronto
     assert "10.40 uur" in render("device_code", "sms", "nl-BE", code).text
+    assert "10.40 uur" in render("device_code", "sms", "nl-NL", code).text  # Taalunie: a full stop, both countries
 
 
 def test_html_escapes_what_people_typed_and_the_text_part_keeps_it_verbatim() -> None:
