@@ -1,43 +1,70 @@
-"""The outbox relay: publishes the events stored in documents' outboxes, then removes them.
+"""The outbox relay: publishes the events stored in documents' outboxes, then empties them.
 
-At least once: an event is removed only after Kafka acknowledged it (``acks=all``, idempotent
-producer). A crash between the acknowledgement and the removal re-sends the event on the next
-pass; consumers recognise it by its id. One aggregate's events are sent in the order they were
-stored, each keyed by the aggregate id, so they keep that order on their partition.
+At least once: an outbox is emptied only after Kafka acknowledged its events (``acks=all``,
+idempotent producer), and only if the document is still at the version whose outbox was sent (the
+writers bump the version with every write; the relay never does). A crash between the
+acknowledgement and the emptying re-sends the events on the next pass; consumers recognise them by
+their ids. One aggregate's events are sent in the order they were stored, each keyed by the
+aggregate id, so they keep that order on their partition.
 
-Finding the documents with events to send: a store of this process names the document it just
-wrote (:meth:`OutboxRelay.wake`), and the relay reads those by ``_id``. A sweep over whole
-collections (at start, then every ``sweep_s``) finds the rest: events written by another process,
-or left behind by a crash. On MongoDB the sweep uses the ``outbox_pending`` index; FerretDB v1
-cannot use an index for it and reads every document, which is why it is not the hot path.
+Finding the events to send: a store of this process hands over, after each write that stored
+events, the document's whole outbox as of the version it wrote (:meth:`OutboxRelay.wake`); the
+relay sends that without reading the document back, then empties the outbox with one
+``update_many`` per version for the whole batch. If the document moved on meanwhile, the later
+write's hand-over covers the rest. A sweep over whole collections (at start, then every
+``sweep_s``) finds what no hand-over covers: events written by another process, or left behind by
+a crash. On MongoDB the sweep uses the ``outbox_pending`` index; FerretDB v1 cannot use an index
+for it and reads every document, which is why it is not the hot path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.messaging.topics import TopicKeeper
 from shared.runtime.metrics import Metrics
-from shared.storage.documents import OUTBOX, PENDING
+from shared.storage.documents import OUTBOX, PENDING, VERSION
 
 log = logging.getLogger(__name__)
 
 
 class Publisher(Protocol):
-    async def __call__(self, topic: str, key: str, value: bytes, headers: dict[str, str]) -> None: ...
+    """Hands one record to the producer and returns what resolves once Kafka acknowledged it."""
+
+    async def __call__(self, topic: str, key: str, value: bytes, headers: dict[str, str]) -> Awaitable[Any]: ...
 
 
 def faststream_publisher(broker: Any) -> Publisher:
-    async def publish(topic: str, key: str, value: bytes, headers: dict[str, str]) -> None:
-        await broker.publish(value, topic, key=key.encode(), headers=headers)
+    async def publish(topic: str, key: str, value: bytes, headers: dict[str, str]) -> Awaitable[Any]:
+        # no_confirm: the record joins the producer's batch now, and its acknowledgement is awaited
+        # with the others'; records handed over one after the other keep that order per partition.
+        return await broker.publish(value, topic, key=key.encode(), headers=headers, no_confirm=True)
 
     return publish
+
+
+async def publish_all(publish: Publisher, entries: Sequence[dict[str, Any]]) -> None:
+    """Send outbox entries in their order and wait until Kafka acknowledged every one."""
+    acknowledgements = [
+        await publish(entry["topic"], entry["key"], entry["value"].encode(), entry["headers"]) for entry in entries
+    ]
+    await asyncio.gather(*acknowledgements)
+
+
+@dataclass(frozen=True)
+class _Outbox:
+    """A document's outbox as one of its writes left it."""
+
+    doc_id: str
+    version: int
+    entries: list[dict[str, Any]]
 
 
 class OutboxRelay:
@@ -64,7 +91,7 @@ class OutboxRelay:
         self._error_backoff_s = error_backoff_s
         self._sweep_s = sweep_s
         self._next_sweep = 0.0  # the first pass sweeps
-        self._hinted: dict[str, dict[str, None]] = {}  # collection -> ids, in the order written
+        self._handed: dict[str, dict[str, _Outbox]] = {}  # collection -> doc id -> latest outbox, in write order
         self._wake = asyncio.Event()
         self.after_publish: Callable[[], Awaitable[None]] | None = None  # a seam for fault-injection tests
 
@@ -72,10 +99,20 @@ class OutboxRelay:
         if name not in self._collections:
             self._collections.append(name)
 
-    def wake(self, collection: str | None = None, doc_id: str | None = None) -> None:
-        """Called after a write that stored events in ``collection``/``doc_id``: relay them now."""
-        if collection is not None and doc_id is not None:
-            self._hinted.setdefault(collection, {})[doc_id] = None
+    def wake(
+        self,
+        collection: str | None = None,
+        doc_id: str | None = None,
+        version: int | None = None,
+        outbox: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Called after a write that stored events: ``outbox`` is ``doc_id``'s whole outbox at ``version``."""
+        if collection is not None and doc_id is not None and version is not None and outbox:
+            docs = self._handed.setdefault(collection, {})
+            known = docs.get(doc_id)
+            if known is None or known.version < version:  # a later write's outbox covers an earlier one's
+                docs.pop(doc_id, None)
+                docs[doc_id] = _Outbox(doc_id, version, list(outbox))
         self._wake.set()
 
     async def run(self) -> None:
@@ -98,66 +135,65 @@ class OutboxRelay:
                 pass
 
     async def relay_once(self) -> int:
-        """One pass: the documents named since the last pass, or every collection when a sweep is
-        due; returns how many events were published."""
+        """One pass: the outboxes handed over since the last pass, or every collection when a sweep
+        is due; returns how many events were published."""
         loop = asyncio.get_running_loop()
         if loop.time() >= self._next_sweep:
-            self._hinted.clear()  # the sweep finds them too
+            self._handed.clear()  # the sweep finds them too
             self._next_sweep = loop.time() + self._sweep_s
             try:
-                return sum([await self._relay(name, {PENDING: {"$gt": 0}}) for name in self._collections])
+                return sum([await self._sweep(name) for name in self._collections])
             except BaseException:
                 self._next_sweep = 0.0  # the sweep did not finish: again on the next pass
                 raise
         total = 0
-        for name in list(self._hinted):
-            hinted = self._hinted.pop(name)
-            ids = list(hinted)
-            for start in range(0, len(ids), self._batch_max):
-                chunk = ids[start : start + self._batch_max]
+        for name in list(self._handed):
+            handed = list(self._handed.pop(name).values())
+            for start in range(0, len(handed), self._batch_max):
+                chunk = handed[start : start + self._batch_max]
                 try:
-                    total += await self._relay(name, {"_id": {"$in": chunk}})
+                    total += await self._send(name, chunk)
                 except BaseException:  # not sent: keep them, ahead of newer ones, for the next pass
-                    self._hinted[name] = {**dict.fromkeys(ids[start:]), **self._hinted.get(name, {})}
+                    newer = self._handed.get(name, {})
+                    kept = {o.doc_id: o for o in handed[start:] if o.doc_id not in newer}
+                    self._handed[name] = {**kept, **newer}
                     raise
         return total
 
-    async def _relay(self, name: str, which: dict[str, Any]) -> int:
-        collection = self._db[name]
-        docs = await collection.find(which, projection={OUTBOX: True}, limit=self._batch_max).to_list()
-        docs = [doc for doc in docs if doc.get(OUTBOX)] if "_id" in which else docs
-        if not docs:
-            return 0
+    async def _sweep(self, name: str) -> int:
+        docs = await self._db[name].find(
+            {PENDING: {"$gt": 0}}, projection={OUTBOX: True, VERSION: True, PENDING: True}, limit=self._batch_max
+        ).to_list()
+        if len(docs) == self._batch_max:
+            self._next_sweep = 0.0  # more than one batch waiting: sweep again at once
+        stale = [doc["_id"] for doc in docs if not doc.get(OUTBOX)]
+        if stale:  # a counter left behind by an interrupted write: nothing to send
+            await self._db[name].update_many({"_id": {"$in": stale}, OUTBOX: {"$size": 0}}, {"$set": {PENDING: 0}})
+        outboxes = [_Outbox(doc["_id"], doc.get(VERSION, 0), doc[OUTBOX]) for doc in docs if doc.get(OUTBOX)]
+        return await self._send(name, outboxes) if outboxes else 0
+
+    async def _send(self, name: str, outboxes: Sequence[_Outbox]) -> int:
+        entries = [entry for outbox in outboxes for entry in outbox.entries]
         if self._topics is not None:
-            await self._topics.ensure({entry["topic"] for doc in docs for entry in doc.get(OUTBOX, [])})
-        await asyncio.gather(*(self._publish_document(doc) for doc in docs))
+            await self._topics.ensure({entry["topic"] for entry in entries})
+        await publish_all(self._publish, entries)
         if self.after_publish is not None:
             await self.after_publish()
-        # FerretDB v1 never answers an update command of 100 or more statements: send chunks of 50.
-        marks = [self._mark_sent(doc) for doc in docs]
-        for start in range(0, len(marks), 50):
-            await collection.bulk_write(marks[start : start + 50], ordered=False)
-        sent = sum(len(doc.get(OUTBOX, [])) for doc in docs)
+        by_version: dict[int, list[str]] = defaultdict(list)
+        for outbox in outboxes:
+            by_version[outbox.version].append(outbox.doc_id)
+        for version, ids in by_version.items():
+            # Emptied only where the version is still the one sent: a write since then added events
+            # that this pass did not send, and its own hand-over (or the sweep) sends them all.
+            for start in range(0, len(ids), 200):
+                await self._db[name].update_many(
+                    {"_id": {"$in": ids[start : start + 200]}, VERSION: version},
+                    {"$set": {OUTBOX: [], PENDING: 0}},
+                )
         if self._metrics is not None:
-            for doc in docs:
-                for entry in doc.get(OUTBOX, []):
-                    self._metrics.relayed.labels(self._metrics.service, entry["topic"]).inc()
-        if len(docs) == self._batch_max and "_id" not in which:
-            self._next_sweep = 0.0  # more than one batch waiting: sweep again at once
-        return sent
-
-    @staticmethod
-    def _mark_sent(doc: dict[str, Any]) -> UpdateOne:
-        entries = doc.get(OUTBOX) or []
-        if not entries:  # a counter left behind by an interrupted write: nothing to send
-            return UpdateOne({"_id": doc["_id"], OUTBOX: {"$size": 0}}, {"$set": {PENDING: 0}})
-        # $pullAll with the exact entries read: FerretDB v1 ignores $pull with a condition.
-        return UpdateOne({"_id": doc["_id"]}, {"$pullAll": {OUTBOX: entries}, "$inc": {PENDING: -len(entries)}})
-
-    async def _publish_document(self, doc: dict[str, Any]) -> None:
-        # One aggregate's events go out one after the other so that their order is kept.
-        for entry in doc.get(OUTBOX, []):
-            await self._publish(entry["topic"], entry["key"], entry["value"].encode(), entry["headers"])
+            for entry in entries:
+                self._metrics.relayed.labels(self._metrics.service, entry["topic"]).inc()
+        return len(entries)
 
     async def backlog(self) -> int:
         total = 0

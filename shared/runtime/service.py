@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from shared.clock import Clock, SystemClock
 from shared.messaging.consumer import EventConsumer
 from shared.messaging.kafka import make_broker
-from shared.messaging.relay import OutboxRelay, faststream_publisher
+from shared.messaging.relay import OutboxRelay, faststream_publisher, publish_all
 from shared.messaging.topics import TopicKeeper
 from shared.runtime.metrics import Metrics
 from shared.settings import ServiceSettings
@@ -95,9 +95,7 @@ class ServiceRuntime:
         through a ``DocumentStore`` write."""
         entries = [outbox_entry(envelope, self.settings.topic_namespace) for envelope in envelopes]
         await self.topics.ensure({entry["topic"] for entry in entries})
-        await asyncio.gather(
-            *(self._publish(e["topic"], e["key"], e["value"].encode(), e["headers"]) for e in entries)
-        )
+        await publish_all(self._publish, entries)
         for entry in entries:
             self.metrics.relayed.labels(self.metrics.service, entry["topic"]).inc()
 

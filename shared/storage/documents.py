@@ -3,7 +3,8 @@
 Each write stores, in one ``update_one``:
 - the new state, guarded by a version number (optimistic concurrency);
 - the events the change produced, appended to the document's own outbox (``_outbox``), which the
-  relay publishes to Kafka and then removes (see ``shared.messaging.relay``);
+  relay publishes to Kafka and then empties, if the document is still at the version it sent
+  (see ``shared.messaging.relay``);
 - the id of the event that caused the change, kept in a bounded window (``_applied``), so that a
   redelivered event is recognised and has no second effect.
 
@@ -48,6 +49,8 @@ class StoredDocument:
     state: dict[str, Any]
     version: int = 0
     applied: list[str] = field(default_factory=list)
+    #: Events stored with earlier versions and not yet relayed when the document was loaded.
+    outbox: list[dict[str, Any]] = field(default_factory=list)
 
     def has_applied(self, event_id: str) -> bool:
         return event_id in self.applied
@@ -64,6 +67,11 @@ def outbox_entry(envelope: Envelope, topic_namespace: str = "") -> dict[str, Any
     }
 
 
+#: ``on_events(collection, doc_id, version, outbox)``: after a write that stored events, the
+#: document's whole outbox as of ``version`` (what was pending when it was loaded, then the new ones).
+OnEvents = Callable[[str, str, int, list[dict[str, Any]]], None]
+
+
 class DocumentStore:
     """Loads and saves one collection's aggregates together with their outgoing events."""
 
@@ -73,7 +81,7 @@ class DocumentStore:
         collection: str,
         *,
         applied_window: int = 200,
-        on_events: Callable[[str, str], None] | None = None,
+        on_events: OnEvents | None = None,
         topic_namespace: str = "",
     ) -> None:
         self.collection = db[collection]
@@ -82,15 +90,17 @@ class DocumentStore:
         self._on_events = on_events
         self._namespace = topic_namespace
         # Concurrent loads and creations (a consumer's batch, parallel requests) share commands.
-        self._reads = ReadBatcher(self.collection, projection={OUTBOX: False})
+        # The outbox is loaded too (almost always empty): a write then knows its document's whole
+        # outbox, and the relay can send it without reading it back.
+        self._reads = ReadBatcher(self.collection)
         self._inserts = InsertBatcher(self.collection)
 
     @property
     def indexes(self) -> list[IndexSpec]:
         return [IndexSpec(self.name, ((PENDING, 1),), name="outbox_pending")]
 
-    def notify_relay(self, callback: Callable[[str, str], None]) -> None:
-        """``callback(collection, doc_id)`` after each write that stored events."""
+    def notify_relay(self, callback: OnEvents) -> None:
+        """``callback(collection, doc_id, version, outbox)`` after each write that stored events."""
         self._on_events = callback
 
     @staticmethod
@@ -100,17 +110,18 @@ class DocumentStore:
             state={k: v for k, v in raw.items() if k not in _BOOKKEEPING},
             version=raw.get(VERSION, 0),
             applied=list(raw.get(APPLIED, [])),
+            outbox=list(raw.get(OUTBOX, [])),
         )
 
     async def get(self, doc_id: str) -> StoredDocument | None:
         if isinstance(doc_id, str):
             raw = await self._reads.get(doc_id)
         else:  # other id types are not batched: FerretDB looks up only strings in a list by index
-            raw = await self.collection.find_one({"_id": doc_id}, projection={OUTBOX: False})
+            raw = await self.collection.find_one({"_id": doc_id})
         return None if raw is None else self._from_raw(raw)
 
     async def find_one(self, query: Mapping[str, Any]) -> StoredDocument | None:
-        raw = await self.collection.find_one(dict(query), projection={OUTBOX: False})
+        raw = await self.collection.find_one(dict(query))
         return None if raw is None else self._from_raw(raw)
 
     async def create(
@@ -125,22 +136,16 @@ class DocumentStore:
         ``DuplicateKeyError`` when another document holds one of its unique keys."""
         self._check_state(state)
         applied_ids = [applied] if applied else []
+        entries = [outbox_entry(e, self._namespace) for e in events]
         inserted = await self._inserts.insert(
-            {
-                "_id": doc_id,
-                **state,
-                VERSION: 1,
-                OUTBOX: [outbox_entry(e, self._namespace) for e in events],
-                PENDING: len(events),
-                APPLIED: applied_ids,
-            }
+            {"_id": doc_id, **state, VERSION: 1, OUTBOX: entries, PENDING: len(entries), APPLIED: applied_ids}
         )
         if not inserted:
             if await self.collection.find_one({"_id": doc_id}, projection={"_id": True}) is not None:
                 raise DocumentExists(f"{self.name}/{doc_id} was created meanwhile", 11000)
             raise DuplicateKeyError(f"{self.name}/{doc_id}: another document has one of its unique keys", 11000)
-        self._wake(doc_id, events)
-        return StoredDocument(doc_id, dict(state), 1, applied_ids)
+        self._wake(doc_id, 1, entries)
+        return StoredDocument(doc_id, dict(state), 1, applied_ids, entries)
 
     async def update(
         self,
@@ -157,18 +162,23 @@ class DocumentStore:
         removed = {k: "" for k in doc.state if k not in state}
         if removed:
             changes["$unset"] = removed
-        if events:
-            changes["$push"] = {OUTBOX: {"$each": [outbox_entry(e, self._namespace) for e in events]}}
-            changes["$inc"][PENDING] = len(events)
+        entries = [outbox_entry(e, self._namespace) for e in events]
+        if entries:
+            changes["$push"] = {OUTBOX: {"$each": entries}}
+            changes["$inc"][PENDING] = len(entries)
         result = await self.collection.update_one({"_id": doc.id, VERSION: doc.version}, changes)
         if result.matched_count != 1:
             raise ConcurrencyConflict(f"{self.name}/{doc.id} changed since version {doc.version}")
-        self._wake(doc.id, events)
-        return StoredDocument(doc.id, dict(state), doc.version + 1, applied_ids)
+        # Nobody wrote since the load, so the stored outbox is what was loaded (or less, if the
+        # relay sent it meanwhile) plus ours: sending this list sends all of it, or more.
+        outbox = doc.outbox + entries
+        if entries:
+            self._wake(doc.id, doc.version + 1, outbox)
+        return StoredDocument(doc.id, dict(state), doc.version + 1, applied_ids, outbox)
 
-    def _wake(self, doc_id: str, events: Sequence[Envelope]) -> None:
-        if events and self._on_events is not None:
-            self._on_events(self.name, doc_id)
+    def _wake(self, doc_id: str, version: int, outbox: list[dict[str, Any]]) -> None:
+        if outbox and self._on_events is not None:
+            self._on_events(self.name, doc_id, version, outbox)
 
     @staticmethod
     def _check_state(state: Mapping[str, Any]) -> None:
