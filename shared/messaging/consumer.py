@@ -6,9 +6,20 @@ aggregate (same topic, partition and key) are handled in order; different aggreg
 
 - Cannot be decoded (whatever the decoder raised), invalid envelope, unknown type or version,
   payload fails its schema: parked at once.
-- Handler raises a transient error (store or provider unavailable, concurrent write): retried with
-  exponential backoff and jitter, a bounded number of times, then parked. Bounded, so one bad
-  aggregate never holds its partition forever.
+- Handler finds a dependency unreachable (the store or the broker does not answer at all): nothing
+  is parked, since the message is not at fault. The batch is given up (its other lanes stop at
+  their next record or retry, nothing is committed) and read again after a growing pause: an
+  outage delays messages, it does not send them to the dead-letter topic.
+- Handler raises another transient error (store busy, provider unavailable, concurrent write):
+  retried with exponential backoff and jitter, a bounded number of times, then parked. Bounded, so
+  one bad aggregate never holds its partition forever.
+- A batch still running after ``batch_budget_s`` is given up the same way, and one still running
+  after twice that is cancelled. The consumer does not poll while it handles a batch, and aiokafka
+  evicts a member that has not polled for ``MAX_POLL_INTERVAL_MS``: an evicted member's commit
+  fails, and its whole batch is handled again.
+
+Lanes are stopped between handler calls rather than cancelled: pymongo 4.20's async client,
+cancelled while it waits for a server, can be left hanging for every later operation.
 - Handler raises anything else: parked at once with the error as the reason.
 - The dead-letter topic refuses the message itself (too large with the dead-letter headers, say):
   a truncated copy is parked instead, pointing at the original's topic, partition and offset.
@@ -98,6 +109,40 @@ class Parked(Exception):
         self.attempts = attempts
 
 
+class BatchAborted(Exception):
+    """The batch is given up: nothing is committed, and it is read again after a pause."""
+
+
+class _Batch:
+    """What the lanes of one batch share: whether it was given up, and its deadline."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.reason = ""
+
+    @classmethod
+    def unbounded(cls) -> "_Batch":
+        return cls(float("inf"))
+
+    def give_up(self, reason: str) -> None:
+        self.reason = self.reason or reason
+
+    def check(self) -> None:
+        """Between records and retries: stop here when the batch was given up or is over budget."""
+        if not self.reason and asyncio.get_running_loop().time() > self.deadline:
+            self.give_up("batch still running after its time budget")
+        if self.reason:
+            raise BatchAborted(self.reason)
+
+
+#: aiokafka's (and FastStream's) default, passed explicitly: a member that does not poll again
+#: within it is evicted from its group. A batch is given up long before (``BATCH_BUDGET_S``).
+MAX_POLL_INTERVAL_MS = 300_000
+BATCH_BUDGET_S = MAX_POLL_INTERVAL_MS / 1000 / 3
+#: Records parked by a batch that was then given up, so that reading it again does not park them
+#: twice; forgotten at the next commit (nothing before it is read again by this process).
+_PARKED_MEMORY = 10_000
+
 DeadLetterSink = Callable[[str, bytes | None, bytes | None, dict[str, str]], Awaitable[None]]
 
 
@@ -112,8 +157,12 @@ class EventConsumer:
         metrics: Metrics,
         clock: Clock | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        batch_budget_s: float = BATCH_BUDGET_S,
     ) -> None:
         self.group_id = group_id
+        self._batch_budget_s = batch_budget_s
+        self._aborts_in_a_row = 0
+        self._parked_uncommitted: dict[tuple[str, int, int], None] = {}
         self._settings = settings
         self._metrics = metrics
         self._clock = clock or SystemClock()
@@ -157,6 +206,7 @@ class EventConsumer:
             max_records=self._settings.consumer_batch_max,
             batch_timeout_ms=100,
             auto_offset_reset="earliest",
+            max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
             ack_policy=AckPolicy.MANUAL,
             decoder=_undecoded,
         )
@@ -168,51 +218,83 @@ class EventConsumer:
     async def handle_batch(self, message: Any) -> None:
         """Handle or park every record of a FastStream batch message, then commit it."""
         records: tuple[ConsumerRecord[Any, Any], ...] = message.raw_message
+        self._record_lag(message, records, done=False)
         try:
             await self.process(records)
         except asyncio.CancelledError:
             raise  # shutting down: commit nothing, the batch will be read again
+        except BatchAborted as aborted:
+            self._aborts_in_a_row += 1
+            settings = self._settings
+            pause = min(settings.consumer_backoff_max_s,
+                        settings.consumer_backoff_initial_s * 2 ** (self._aborts_in_a_row - 1))
+            log.warning(
+                "batch given up, nothing committed; reading it again after a pause",
+                extra={"reason": str(aborted), "pause_s": round(pause, 3), "in_a_row": self._aborts_in_a_row},
+            )
+            await message.nack()
+            await self._sleep(pause)
+            return
         except Exception:
             log.exception("batch could not be handled nor parked; it will be read again")
             await message.nack()
             await self._sleep(self._settings.consumer_backoff_max_s)
             return
+        self._aborts_in_a_row = 0
         try:
             await message.ack()
         except Exception:  # a rebalance took the partitions away: the new owner re-reads; harmless
             log.warning("offset commit failed; records will be delivered again", exc_info=True)
-        self._record_lag(message, records)
+        else:
+            self._parked_uncommitted.clear()
+        self._record_lag(message, records, done=True)
 
     async def process(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+        """Handle or park every record: one lane per key, in order, lanes concurrently. Raises
+        :class:`BatchAborted` when the batch must be read again (dependency unreachable, over budget)."""
         lanes: dict[tuple[str, int, bytes | None], list[ConsumerRecord[Any, Any]]] = defaultdict(list)
         for record in records:
             lanes[(record.topic, record.partition, record.key)].append(record)
         limit = asyncio.Semaphore(self._settings.consumer_concurrency)
+        batch = _Batch(asyncio.get_running_loop().time() + self._batch_budget_s)
 
         async def run_lane(lane: list[ConsumerRecord[Any, Any]]) -> None:
             async with limit:
                 for record in lane:
-                    await self._process_one(record)
+                    batch.check()
+                    await self._process_one(record, batch)
 
-        results = await asyncio.gather(*(run_lane(lane) for lane in lanes.values()), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        hard_limit = asyncio.timeout(2 * self._batch_budget_s)
+        try:
+            async with hard_limit:
+                results = await asyncio.gather(*(run_lane(lane) for lane in lanes.values()), return_exceptions=True)
+        except TimeoutError:
+            if hard_limit.expired():
+                raise BatchAborted(f"batch of {len(records)} cancelled after {2 * self._batch_budget_s:g}s") from None
+            raise
+        failures = [r for r in results if isinstance(r, BaseException)]
+        for failure in failures:
+            if not isinstance(failure, BatchAborted):
+                raise failure
+        if failures:
+            raise failures[0]
 
-    async def _process_one(self, record: ConsumerRecord[Any, Any]) -> None:
+    async def _process_one(self, record: ConsumerRecord[Any, Any], batch: _Batch | None = None) -> None:
         labels = (self._metrics.service, record.topic)
         self._metrics.consumed.labels(*labels).inc()
         target = replay_target(record)
         if target is not None and target != self.group_id:
             return  # a replayed copy of what another group parked (see shared.messaging.dead_letters)
+        if (record.topic, record.partition, record.offset) in self._parked_uncommitted:
+            return  # parked already, by a batch that was then given up
         started = time.perf_counter()
         try:
             route, envelope, event = self._decode(record)
             with log_context(event_id=envelope.id, correlation_id=envelope.correlationid):
-                await self._run_with_retries(route, envelope, event, record)
+                await self._run_with_retries(route, envelope, event, record, batch or _Batch.unbounded())
             self._metrics.handled.labels(*labels).inc()
         except Parked as parked:
-            await self._park(record, parked)
+            await self._park(record, parked, batch)
         finally:
             self._metrics.latency.labels(*labels).observe(time.perf_counter() - started)
 
@@ -250,7 +332,7 @@ class EventConsumer:
         return route, envelope, event
 
     async def _run_with_retries(
-        self, route: _Route[Any], envelope: Envelope, event: Event, record: ConsumerRecord[Any, Any]
+        self, route: _Route[Any], envelope: Envelope, event: Event, record: ConsumerRecord[Any, Any], batch: _Batch
     ) -> None:
         settings = self._settings
         for attempt in range(1, settings.consumer_max_attempts + 1):
@@ -263,6 +345,15 @@ class EventConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
+                if _being_cancelled():
+                    # Cancelled (shutdown, or another lane gave the batch up), and the handler's
+                    # library turned the cancellation into an error of its own (pymongo may raise
+                    # RuntimeError from a lock it was waiting for): neither retry nor park.
+                    raise asyncio.CancelledError from error
+                if _unreachable(error):
+                    self._metrics.failed.labels(self._metrics.service, record.topic, "unreachable").inc()
+                    batch.give_up(f"a dependency is unreachable: {type(error).__name__}: {error}")
+                    raise BatchAborted(batch.reason) from error
                 transient = is_transient(error)
                 self._metrics.failed.labels(
                     self._metrics.service, record.topic, "transient" if transient else "permanent"
@@ -276,10 +367,12 @@ class EventConsumer:
                     ) from None
                 delay = min(settings.consumer_backoff_max_s, settings.consumer_backoff_initial_s * 2 ** (attempt - 1))
                 delay *= random.uniform(0.5, 1.0)  # jitter: retries of many consumers do not line up
+                batch.check()
                 log.info("transient failure, retrying", extra={"attempt": attempt, "delay_s": round(delay, 3)})
                 await self._sleep(delay)
+                batch.check()
 
-    async def _park(self, record: ConsumerRecord[Any, Any], parked: Parked) -> None:
+    async def _park(self, record: ConsumerRecord[Any, Any], parked: Parked, batch: _Batch | None = None) -> None:
         if self._dead_letters is None:
             raise RuntimeError("consumer is not subscribed: nowhere to park")
         headers = park_headers(
@@ -294,7 +387,11 @@ class EventConsumer:
         try:
             await self._dead_letters(topic, record.key, record.value, headers)
         except Exception as error:
-            if is_transient(error) or _unreachable(error):
+            if _unreachable(error):
+                if batch is not None:
+                    batch.give_up(f"the dead-letter topic is unreachable: {type(error).__name__}: {error}")
+                raise BatchAborted(f"the dead-letter topic is unreachable: {type(error).__name__}: {error}") from error
+            if is_transient(error):
                 raise  # the broker, not the message: the batch is read again after a pause
             # The message itself is refused (too large with our headers, say). Blocking the batch
             # for good is worse than parking a truncated copy that points at the original.
@@ -305,6 +402,9 @@ class EventConsumer:
             )
             why = f"{type(error).__name__}: {error}"
             await self._dead_letters(topic, *truncated_copy(record.key, record.value, headers, why))
+        self._parked_uncommitted[(record.topic, record.partition, record.offset)] = None
+        if len(self._parked_uncommitted) > _PARKED_MEMORY:
+            del self._parked_uncommitted[next(iter(self._parked_uncommitted))]
         self._metrics.parked.labels(self._metrics.service, record.topic, parked.kind).inc()
         log.warning(
             "message parked",
@@ -315,19 +415,28 @@ class EventConsumer:
         """For tests of the routing logic without a broker."""
         self._dead_letters = sink
 
-    def _record_lag(self, message: Any, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+    def _record_lag(self, message: Any, records: Sequence[ConsumerRecord[Any, Any]], *, done: bool) -> None:
+        """Lag per partition: messages after the last one committed. Set when a batch is fetched
+        (its records are not done yet) and again once it is committed."""
         consumer = getattr(message, "consumer", None)
         if consumer is None or not hasattr(consumer, "highwater"):
             return
-        last: dict[TopicPartition, int] = {}
+        offsets: dict[TopicPartition, list[int]] = defaultdict(list)
         for record in records:
-            last[TopicPartition(record.topic, record.partition)] = record.offset
-        for tp, offset in last.items():
+            offsets[TopicPartition(record.topic, record.partition)].append(record.offset)
+        # Per partition, the first offset not done: after the batch once committed, else its first.
+        not_done = {tp: max(seen) + 1 if done else min(seen) for tp, seen in offsets.items()}
+        for tp, offset in not_done.items():
             highwater = consumer.highwater(tp)
             if highwater is not None:
                 self._metrics.lag.labels(self._metrics.service, tp.topic, str(tp.partition)).set(
-                    max(0, highwater - offset - 1)
+                    max(0, highwater - offset)
                 )
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _unreachable(error: BaseException) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from pymongo import AsyncMongoClient
 
 from shared.events import CustomerActivated, Envelope
 from shared.events.registry import dead_letter_topic, topic_for
@@ -297,6 +299,49 @@ async def test_a_replayed_message_is_handled_again_only_by_the_group_that_parked
     # easy reads the copy too: once its group has committed past it, it must have skipped it.
     await eventually(lambda: _committed(settings, easy.group_id, topic, 2), 30, "easy past the replayed copy")
     assert seen["easy"] == ["cus_gaspard"], "the other group does not handle the replayed copy again"
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_a_store_outage_delays_messages_and_parks_none(
+    settings: ServiceSettings, mongo: Any, runtimes: list[ServiceRuntime]
+) -> None:
+    runtime = ServiceRuntime(settings)
+    consumer = runtime.consumer("outage")
+    down = AsyncMongoClient(f"mongodb://127.0.0.1:{closed_port()}/", serverSelectionTimeoutMS=300)
+    store = {"client": down}
+    attempts: dict[str, int] = {}
+
+    @consumer.on(CustomerActivated)
+    async def record_activation(event: CustomerActivated, delivery: Delivery) -> None:
+        attempts[event.customer_id] = attempts.get(event.customer_id, 0) + 1
+        db = store["client"][settings.mongodb_database]
+        await db["activations"].update_one({"_id": event.customer_id}, {"$set": {"at": "now"}}, upsert=True)
+
+    await runtime.start()
+    runtimes.append(runtime)
+    topic = topic_for("customer.activated", settings.topic_namespace)
+    customers = ["cus_hugo", "cus_ines", "cus_jules"]
+    await publish_raw(settings, topic, [(c.encode(), wire(activation(runtime, c))) for c in customers])
+
+    # More attempts than the in-place retries allow (5): before the fix they would all be parked.
+    await eventually(
+        lambda: all(attempts.get(c, 0) > settings.consumer_max_attempts for c in customers), 60, "batches read again"
+    )
+    assert await read_parked(settings.kafka_bootstrap_servers, topic) == []
+    assert await _committed(settings, consumer.group_id, topic, 0) == 0, "nothing committed during the outage"
+
+    store["client"] = mongo  # the store is back
+    await eventually(lambda: _committed(settings, consumer.group_id, topic, 3), 60, "all three committed")
+    applied = await mongo[settings.mongodb_database]["activations"].distinct("_id")
+    assert sorted(applied) == customers
+    assert await read_parked(settings.kafka_bootstrap_servers, topic) == []
+    await down.close()
 
 
 @pytest.fixture

@@ -1,17 +1,21 @@
 """The consumer's sorting of messages, without a broker (delivery itself is proven in integration)."""
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord
-from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
+from pymongo.errors import AutoReconnect, ServerSelectionTimeoutError
 
 from shared.events import CustomerActivated, Envelope
 from shared.messaging import Delivery, EventConsumer, PermanentError, TransientError
+from shared.messaging.consumer import BATCH_BUDGET_S, MAX_POLL_INTERVAL_MS, BatchAborted
 from shared.runtime.metrics import Metrics
 from shared.settings import ServiceSettings
+from shared.storage import ConcurrencyConflict
 
 AT = datetime(2026, 11, 22, 9, 30, tzinfo=UTC)
 TOPIC = "customer.activated"
@@ -212,3 +216,191 @@ async def test_a_message_the_dead_letter_topic_refuses_even_truncated_fails_the_
     h.consumer.attach_dead_letter_sink(refusing_sink)
     with pytest.raises(MessageSizeTooLargeError):
         await h.consumer.process([record(b"garbage")])
+
+
+class FakeBatch:
+    """A FastStream batch message: its records, and whether it was committed or rewound."""
+
+    def __init__(self, records: list[ConsumerRecord[Any, Any]], highwater: int = 0) -> None:
+        self.raw_message = tuple(records)
+        self.calls: list[str] = []
+        self.consumer = self
+        self._highwater = highwater
+
+    async def ack(self) -> None:
+        self.calls.append("commit")
+
+    async def nack(self) -> None:
+        self.calls.append("rewind")
+
+    def highwater(self, tp: Any) -> int:
+        return self._highwater
+
+
+@pytest.mark.parametrize(
+    "outage",
+    [
+        ServerSelectionTimeoutError("127.0.0.1:27017: [Errno 111] Connection refused"),
+        AutoReconnect("connection closed"),
+        KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 9092)]"),
+    ],
+    ids=["store unreachable", "store connection lost", "broker unreachable"],
+)
+async def test_an_unreachable_dependency_gives_the_batch_up_without_parking_and_stops_the_other_lanes(
+    outage: Exception,
+) -> None:
+    h = Harness(max_attempts=5)
+
+    @h.consumer.on(CustomerActivated)
+    async def handle(event: CustomerActivated, delivery: Delivery) -> None:
+        if event.customer_id == "cus_down":
+            raise outage
+        await asyncio.sleep(0.2)  # in flight when the outage is found: allowed to finish
+        h.seen.append(f"{event.customer_id}@{delivery.offset}")
+
+    batch = FakeBatch([
+        record(activated("cus_slow"), 0, b"cus_slow"),
+        record(activated("cus_down"), 1, b"cus_down"),
+        record(activated("cus_slow"), 2, b"cus_slow"),
+    ])
+    await asyncio.wait_for(h.consumer.handle_batch(batch), 5)
+    assert h.parked == [], "an outage delays messages, it does not park them"
+    assert h.seen == ["cus_slow@0"], "the other lane stops at its next record"
+    assert batch.calls == ["rewind"], "nothing committed: the batch is read again"
+    assert len(h.sleeps) == 1, "after a pause, not in a tight loop"
+
+
+async def test_a_lane_in_a_transient_retry_stops_retrying_once_another_lane_found_an_outage() -> None:
+    h = Harness(max_attempts=5)
+    attempts: list[int] = []
+
+    @h.consumer.on(CustomerActivated)
+    async def handle(event: CustomerActivated, delivery: Delivery) -> None:
+        if event.customer_id == "cus_down":
+            await asyncio.sleep(0.05)
+            raise ServerSelectionTimeoutError("no servers")
+        attempts.append(delivery.attempt)
+        await asyncio.sleep(0.1)
+        raise TransientError("busy")
+
+    batch = FakeBatch([record(activated("cus_busy"), 0, b"cus_busy"), record(activated("cus_down"), 1, b"cus_down")])
+    await asyncio.wait_for(h.consumer.handle_batch(batch), 5)
+    assert attempts == [1] and h.parked == [] and batch.calls == ["rewind"]
+
+
+async def test_pauses_grow_while_the_outage_lasts_and_reset_once_a_batch_goes_through() -> None:
+    h = Harness()
+    down = True
+
+    @h.consumer.on(CustomerActivated)
+    async def handle(event: CustomerActivated, delivery: Delivery) -> None:
+        if down:
+            raise ServerSelectionTimeoutError("no servers")
+
+    for _ in range(3):
+        await h.consumer.handle_batch(FakeBatch([record(activated())]))
+    assert h.sleeps == sorted(h.sleeps) and h.sleeps[2] > h.sleeps[0]
+    down = False
+    ok = FakeBatch([record(activated())])
+    await h.consumer.handle_batch(ok)
+    assert ok.calls == ["commit"]
+    down = True
+    await h.consumer.handle_batch(FakeBatch([record(activated())]))
+    assert h.sleeps[-1] == h.sleeps[0], "a new outage starts with a short pause again"
+
+
+async def test_other_transient_failures_are_still_retried_in_place_and_the_batch_committed() -> None:
+    h = Harness(max_attempts=3)
+    calls = 0
+
+    @h.consumer.on(CustomerActivated)
+    async def handle(event: CustomerActivated, delivery: Delivery) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConcurrencyConflict("cus_1 changed meanwhile")
+
+    batch = FakeBatch([record(activated())])
+    await h.consumer.handle_batch(batch)
+    assert calls == 2 and batch.calls == ["commit"] and h.parked == []
+
+
+async def test_a_batch_over_its_time_budget_is_given_up_well_before_the_consumer_would_be_evicted() -> None:
+    assert 2 * BATCH_BUDGET_S * 1000 < MAX_POLL_INTERVAL_MS, "even the hard limit comes before eviction"
+    settings = ServiceSettings(service_name="test")
+    consumer = EventConsumer(group_id="g", settings=settings, metrics=Metrics("test"), batch_budget_s=0.2)
+    handled: list[int] = []
+
+    @consumer.on(CustomerActivated)
+    async def slow(event: CustomerActivated, delivery: Delivery) -> None:
+        await asyncio.sleep(0.15)
+        handled.append(delivery.offset)
+
+    with pytest.raises(BatchAborted, match="time budget"):
+        await asyncio.wait_for(consumer.process([record(activated(), n) for n in range(5)]), 5)
+    assert handled == [0, 1], "stopped at the first record after the budget"
+
+
+async def test_a_handler_stuck_past_twice_the_budget_is_cancelled() -> None:
+    settings = ServiceSettings(service_name="test")
+    consumer = EventConsumer(group_id="g", settings=settings, metrics=Metrics("test"), batch_budget_s=0.1)
+
+    @consumer.on(CustomerActivated)
+    async def stuck(event: CustomerActivated, delivery: Delivery) -> None:
+        await asyncio.sleep(3600)
+
+    with pytest.raises(BatchAborted, match="cancelled"):
+        await asyncio.wait_for(consumer.process([record(activated())]), 5)
+
+
+async def test_a_record_parked_by_a_batch_given_up_is_not_parked_twice_when_the_batch_is_read_again() -> None:
+    h = Harness()
+    down = True
+
+    @h.consumer.on(CustomerActivated)
+    async def handle(event: CustomerActivated, delivery: Delivery) -> None:
+        if down:
+            raise ServerSelectionTimeoutError("no servers")
+        h.seen.append(event.customer_id)
+
+    records = [record(b"garbage", 0, b"k1"), record(activated("cus_2"), 1, b"k2")]
+    await h.consumer.handle_batch(FakeBatch(records))
+    assert h.reasons() == ["undecodable"]
+    down = False
+    again = FakeBatch(records)
+    await h.consumer.handle_batch(again)
+    assert h.reasons() == ["undecodable"], "parked once"
+    assert h.seen == ["cus_2"] and again.calls == ["commit"]
+
+
+async def test_lag_is_measured_when_a_batch_is_fetched_and_again_once_it_is_committed() -> None:
+    h = Harness()
+    lags: list[float] = []
+
+    def lag() -> float | None:
+        labels = {"service": "test", "topic": TOPIC, "partition": "0"}
+        return h.consumer._metrics.registry.get_sample_value("leaseline_consumer_lag", labels)
+
+    @h.consumer.on(CustomerActivated)
+    async def handle(event: CustomerActivated, delivery: Delivery) -> None:
+        lags.append(lag())
+
+    await h.consumer.handle_batch(FakeBatch([record(activated(), 10), record(activated(), 11)], highwater=20))
+    assert lags == [10, 10], "while the batch runs: from its first record to the end of the partition"
+    assert lag() == 8, "once committed: after its last record"
+
+
+async def test_a_handler_cancelled_while_its_library_turns_the_cancellation_into_an_error_parks_nothing() -> None:
+    h = Harness()
+    h.consumer._batch_budget_s = 0.1
+
+    @h.consumer.on(CustomerActivated)
+    async def handle(event: CustomerActivated, delivery: Delivery) -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise RuntimeError("Lock is not acquired") from None  # what pymongo 4.20 may do
+
+    batch = FakeBatch([record(activated())])
+    await asyncio.wait_for(h.consumer.handle_batch(batch), 5)
+    assert h.parked == [] and batch.calls == ["rewind"]
