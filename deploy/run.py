@@ -14,11 +14,9 @@ import selectors
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCAL = ROOT / ".local" / "run"
 
 # Fixed local ports, so that the README's URLs are right; override with <SERVICE>_HTTP_PORT.
 HTTP_PORTS = {"identity": 8001, "contracts": 8002, "restitution": 8003, "notifications": 8004, "consent": 8005}
@@ -30,11 +28,13 @@ def secret_keys() -> str:
     """EVENT_SECRET_KEYS for a local run: kept between runs so earlier events can still be opened."""
     if os.environ.get("EVENT_SECRET_KEYS"):
         return os.environ["EVENT_SECRET_KEYS"]
+    from deploy.localinfra import Profile
     from shared.crypto import Keyring
 
-    path = LOCAL / "event-secret-keys"
+    local = Profile.run().dir  # <repo>/.local/run, or under $LEASELINE_LOCAL_DIR
+    path = local / "event-secret-keys"
     if not path.exists():
-        LOCAL.mkdir(parents=True, exist_ok=True)
+        local.mkdir(parents=True, exist_ok=True)
         path.write_text(Keyring.generate_spec("local-1"))
         path.chmod(0o600)
     return path.read_text().strip()
@@ -62,86 +62,116 @@ class Process:
                 self.proc.wait(5)
 
 
-def main() -> int:
-    sys.path.insert(0, str(ROOT))
-    from deploy.localinfra import LocalFerretDB, LocalKafka, Profile, ensure_running
+class StopRequested(Exception):
+    """Ctrl-C or SIGTERM: stop what was started, whatever stage start-up had reached."""
 
-    stopping = False
 
-    def request_stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
+def _stop_on_signals() -> None:
+    def request_stop(signum: int, _frame: object) -> None:
+        _ignore_signals()  # the stop itself must not be interrupted half-way
+        raise StopRequested(signal.Signals(signum).name)
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
 
+
+def _ignore_signals() -> None:
+    def already_stopping(*_: object) -> None:
+        print("already stopping; wait for it to finish", flush=True)
+
+    signal.signal(signal.SIGINT, already_stopping)
+    signal.signal(signal.SIGTERM, already_stopping)
+
+
+def main() -> int:
+    sys.path.insert(0, str(ROOT))
+    from deploy.localinfra import LocalFerretDB, LocalInfraError, LocalKafka, Profile, ensure_running
+
+    # A signal stops start-up where it is (a download, the wait for Kafka, topic creation) as well
+    # as a running system: everything below is inside the try whose finally stops what it started.
+    _stop_on_signals()
     owned: list[LocalKafka | LocalFerretDB] = []
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("MONGODB_URI"):
-        bootstrap, mongodb_uri = os.environ["KAFKA_BOOTSTRAP_SERVERS"], os.environ["MONGODB_URI"]
-    else:
-        profile = Profile.run()
-        kafka, store = LocalKafka(profile), LocalFerretDB(profile)
-        owned += ensure_running([kafka, store])
-        bootstrap, mongodb_uri = kafka.bootstrap_servers, store.uri
+    children: list[Process] = []
+    exit_code = 0
+    try:
+        if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("MONGODB_URI"):
+            bootstrap, mongodb_uri = os.environ["KAFKA_BOOTSTRAP_SERVERS"], os.environ["MONGODB_URI"]
+        else:
+            profile = Profile.run()
+            kafka, store = LocalKafka(profile), LocalFerretDB(profile)
+            print(f"starting local Kafka and FerretDB ({profile.dir})...", flush=True)
+            # On failure or interruption ensure_running stops what it started itself.
+            owned += ensure_running([kafka, store])  # type: ignore[arg-type]
+            bootstrap, mongodb_uri = kafka.bootstrap_servers, store.uri
 
-    env = dict(os.environ)
-    env.update(
-        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-        MONGODB_URI=mongodb_uri,
-        EVENT_SECRET_KEYS=secret_keys(),
-        PYTHONPATH=str(ROOT),
-        SMTP_HOST="127.0.0.1",
-        SMTP_PORT=str(SMTP_PORT),
-        TWILIO_BASE_URL=f"http://127.0.0.1:{TWILIO_SINK_PORT}",
-        PORTAL_BASE_URL=os.environ.get("PORTAL_BASE_URL", "http://127.0.0.1:8001/portal"),
-    )
-    subprocess.run([sys.executable, "-m", "shared.messaging.topics"], cwd=ROOT, env=env, check=True)
-
-    children: list[Process] = [
-        Process("smtp-sink", ["-m", "deploy.sinks", "smtp", "--port", str(SMTP_PORT)], env),
-        Process("sms-sink", ["-m", "deploy.sinks", "twilio", "--port", str(TWILIO_SINK_PORT)], env),
-    ]
-    for name in services():
-        port = os.environ.get(f"{name.upper()}_HTTP_PORT", str(HTTP_PORTS.get(name, 8010)))
-        children.append(
-            Process(name, ["-m", f"services.{name}"], {**env, "SERVICE_NAME": name, "HTTP_PORT": port})
+        env = dict(os.environ)
+        env.update(
+            KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+            MONGODB_URI=mongodb_uri,
+            EVENT_SECRET_KEYS=secret_keys(),
+            PYTHONPATH=str(ROOT),
+            SMTP_HOST="127.0.0.1",
+            SMTP_PORT=str(SMTP_PORT),
+            TWILIO_BASE_URL=f"http://127.0.0.1:{TWILIO_SINK_PORT}",
+            PORTAL_BASE_URL=os.environ.get("PORTAL_BASE_URL", "http://127.0.0.1:8001/portal"),
         )
-    print(f"Leaseline is starting: Kafka {bootstrap}, store {mongodb_uri}")
-    for name in services():
-        print(f"  {name:<14} http://127.0.0.1:{HTTP_PORTS.get(name, 8010)}  (/docs, /healthz, /readyz, /metrics)")
-    print(f"  mail sink      smtp://127.0.0.1:{SMTP_PORT}   sms sink http://127.0.0.1:{TWILIO_SINK_PORT}")
-    print("  delivered messages: python -m deploy.sinks inbox      stop: Ctrl-C\n", flush=True)
+        subprocess.run([sys.executable, "-m", "shared.messaging.topics"], cwd=ROOT, env=env, check=True)
 
+        children.append(Process("smtp-sink", ["-m", "deploy.sinks", "smtp", "--port", str(SMTP_PORT)], env))
+        children.append(Process("sms-sink", ["-m", "deploy.sinks", "twilio", "--port", str(TWILIO_SINK_PORT)], env))
+        for name in services():
+            children.append(
+                Process(name, ["-m", f"services.{name}"], {**env, "SERVICE_NAME": name, "HTTP_PORT": http_port(name)})
+            )
+        print(f"Leaseline is starting: Kafka {bootstrap}, store {mongodb_uri}")
+        for name in services():
+            print(f"  {name:<14} http://127.0.0.1:{http_port(name)}  (/docs, /healthz, /readyz, /metrics)")
+        print(f"  mail sink      smtp://127.0.0.1:{SMTP_PORT}   sms sink http://127.0.0.1:{TWILIO_SINK_PORT}")
+        print("  delivered messages: python -m deploy.sinks inbox      stop: Ctrl-C\n", flush=True)
+        exit_code = supervise(children)
+    except StopRequested:
+        exit_code = 0  # what the user asked for
+    except (LocalInfraError, subprocess.CalledProcessError, OSError) as error:
+        print(f"start-up failed: {error}", file=sys.stderr, flush=True)
+        exit_code = 1
+    finally:
+        _ignore_signals()
+        print("stopping...", flush=True)
+        for stoppable in [*reversed(children), *reversed(owned)]:
+            try:
+                stoppable.stop()
+            except Exception as error:  # keep stopping the rest
+                print(f"could not stop {getattr(stoppable, 'name', stoppable)}: {error}", file=sys.stderr, flush=True)
+                exit_code = 1
+        print("stopped.", flush=True)
+    return exit_code
+
+
+def http_port(name: str) -> str:
+    return os.environ.get(f"{name.upper()}_HTTP_PORT", str(HTTP_PORTS.get(name, 8010)))
+
+
+def supervise(children: list[Process]) -> int:
+    """Print the children's output, prefixed with their names, until one of them dies (1) or a
+    signal raises :class:`StopRequested`."""
     selector = selectors.DefaultSelector()
     for child in children:
         assert child.proc.stdout is not None
         os.set_blocking(child.proc.stdout.fileno(), False)
         selector.register(child.proc.stdout, selectors.EVENT_READ, child)
-    exit_code = 0
-    try:
-        while not stopping:
-            for key, _ in selector.select(timeout=0.5):
-                child = key.data
-                data = key.fileobj.read()  # type: ignore[union-attr]
-                if data:
-                    for line in data.decode(errors="replace").splitlines():
-                        print(f"{child.name:>13} | {line}", flush=True)
-                else:
-                    selector.unregister(key.fileobj)
-            dead = [c for c in children if c.proc.poll() is not None]
-            if dead:
-                print(f"{', '.join(c.name for c in dead)} stopped unexpectedly; stopping everything", flush=True)
-                exit_code = 1
-                break
-    finally:
-        print("stopping services...", flush=True)
-        for child in reversed(children):
-            child.stop()
-        for component in owned:
-            component.stop()
-        time.sleep(0.1)
-        print("stopped.", flush=True)
-    return exit_code
+    while True:
+        for key, _ in selector.select(timeout=0.5):
+            child = key.data
+            data = key.fileobj.read()  # type: ignore[union-attr]
+            if data:
+                for line in data.decode(errors="replace").splitlines():
+                    print(f"{child.name:>13} | {line}", flush=True)
+            else:
+                selector.unregister(key.fileobj)
+        dead = [c for c in children if c.proc.poll() is not None]
+        if dead:
+            print(f"{', '.join(c.name for c in dead)} stopped unexpectedly; stopping everything", flush=True)
+            return 1
 
 
 if __name__ == "__main__":

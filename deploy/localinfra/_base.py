@@ -357,6 +357,8 @@ class ManagedProcess:
     def stop(self, timeout: float = 30) -> None:
         """Stop gracefully: SIGTERM to the process group, SIGKILL after ``timeout`` seconds."""
         pid = self.pid
+        if pid is None and self._proc is not None and self._proc.poll() is None:
+            pid = self._proc.pid  # started, but interrupted before its pid file was written
         if pid is not None:
             self._signal_group(pid, signal.SIGTERM)
             if not self._wait_gone(pid, timeout):
@@ -395,13 +397,24 @@ class ManagedProcess:
 def ensure_running(components: Sequence[ManagedProcess]) -> list[ManagedProcess]:
     """Provision (cached), start what is not running or runs an outdated build, and wait until all
     are ready. Returns the components started here: the caller stops those, and leaves running
-    what someone else started."""
-    started = []
-    for component in components:
-        component.provision()
-        if not component.is_running() or component.is_stale():
-            component.start()
-            started.append(component)
-    for component in components:
-        component.wait_ready()
+    what someone else started.
+
+    When anything fails or is interrupted (Ctrl-C) on the way, what was started here is stopped
+    before the error goes on: the caller, which never got the list, could not do it."""
+    started: list[ManagedProcess] = []
+    try:
+        for component in components:
+            component.provision()
+            if not component.is_running() or component.is_stale():
+                started.append(component)  # before start(): an interrupted start is stopped too
+                component.start()
+        for component in components:
+            component.wait_ready()
+    except BaseException:
+        for component in reversed(started):
+            try:
+                component.stop(timeout=15)
+            except Exception as error:  # keep stopping the others; the first error is the one to see
+                print(f"could not stop {component.component}: {error}")
+        raise
     return started

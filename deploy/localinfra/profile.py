@@ -9,12 +9,21 @@ REPO_ROOT: Path = Path(__file__).resolve().parents[2]
 
 #: Environment variable that overrides the default root (``<repo>/.local``).
 ROOT_ENV = "LEASELINE_LOCAL_DIR"
+#: Environment variable that puts the download/build cache elsewhere than ``<root>/cache`` (so a
+#: throw-away root, a test's say, can reuse the jars and the FerretDB build already there).
+CACHE_ENV = "LEASELINE_CACHE_DIR"
 
 
 def default_root() -> Path:
     """Return the directory holding caches and profile state (``$LEASELINE_LOCAL_DIR`` or ``<repo>/.local``)."""
     override = os.environ.get(ROOT_ENV)
     return Path(override).expanduser().resolve() if override else REPO_ROOT / ".local"
+
+
+def default_cache() -> Path | None:
+    """``$LEASELINE_CACHE_DIR`` when set, else None (the cache is then ``<root>/cache``)."""
+    override = os.environ.get(CACHE_ENV)
+    return Path(override).expanduser().resolve() if override else None
 
 
 def _port_from_env(var: str, default: int) -> int:
@@ -35,7 +44,7 @@ class Profile:
     """One independent set of local infrastructure (a Kafka broker and a FerretDB).
 
     State lives under ``<root>/<name>/``; downloads and builds are cached under
-    ``<root>/cache/`` and shared by all profiles.
+    ``<root>/cache/`` (or ``cache``, ``$LEASELINE_CACHE_DIR``) and shared by all profiles.
     """
 
     name: str
@@ -43,6 +52,7 @@ class Profile:
     kafka_controller_port: int
     ferretdb_port: int
     root: Path = field(default_factory=default_root)
+    cache: Path | None = field(default_factory=default_cache)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name in {".", "..", "cache"}:
@@ -51,6 +61,8 @@ class Profile:
         if len(set(ports)) != len(ports):
             raise ValueError(f"profile {self.name!r} uses the same port twice: {ports}")
         object.__setattr__(self, "root", Path(self.root).expanduser().resolve())
+        if self.cache is not None:
+            object.__setattr__(self, "cache", Path(self.cache).expanduser().resolve())
 
     @classmethod
     def run(cls, root: Path | None = None) -> "Profile":
@@ -98,8 +110,8 @@ class Profile:
 
     @property
     def cache_dir(self) -> Path:
-        """Download/build cache shared by all profiles: ``<root>/cache``."""
-        return self.root / "cache"
+        """Download/build cache shared by all profiles: ``<root>/cache`` unless set elsewhere."""
+        return self.cache if self.cache is not None else self.root / "cache"
 
     @property
     def kafka_dir(self) -> Path:

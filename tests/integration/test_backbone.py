@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,7 +32,7 @@ from shared.settings import ServiceSettings
 from shared.storage import ConcurrencyConflict
 from shared.storage.documents import PENDING
 from tests.conftest import Infrastructure
-from tests.integration.helpers import Child, eventually, read_topic
+from tests.integration.helpers import ROOT, Child, eventually, read_topic
 from tests.integration.probe import ACCOUNTS, TALLIES, activation, wire_consumer, write_customers
 
 pytestmark = pytest.mark.integration
@@ -551,3 +557,153 @@ async def test_a_handler_that_loses_the_race_to_create_a_document_is_retried_and
     await eventually(both_counted, 30, "both creations counted")
     assert attempts == [1, 2], "the lost race was retried once"
     assert await read_parked(settings.kafka_bootstrap_servers, topic_for("customer.activated", settings.topic_namespace)) == []
+
+
+# --- `make run`: Ctrl-C leaves nothing behind ---------------------------------------------------
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct local ports free right now (held together while picked, so never twice the same)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+class MakeRun:
+    """``python -m deploy.run`` on a profile of its own: its own ports and state directory, the
+    download cache of the test profile (no second download or FerretDB build)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        from deploy.localinfra import Profile
+
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        self.local = tmp_path / "local"
+        kafka, controller, ferretdb, identity, notifications, smtp, sms = free_ports(7)
+        self.ports = {"kafka": kafka, "controller": controller, "ferretdb": ferretdb, "identity": identity,
+                      "notifications": notifications, "smtp": smtp, "sms": sms}
+        env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "MONGODB_URI")}
+        env.update(
+            LEASELINE_LOCAL_DIR=str(self.local),
+            LEASELINE_CACHE_DIR=str(Profile.test().cache_dir),
+            KAFKA_PORT=str(kafka), KAFKA_CONTROLLER_PORT=str(controller), FERRETDB_PORT=str(ferretdb),
+            IDENTITY_HTTP_PORT=str(identity), NOTIFICATIONS_HTTP_PORT=str(notifications),
+            SMTP_PORT=str(smtp), TWILIO_SINK_PORT=str(sms), SINKS_DIR=str(tmp_path / "sinks"),
+            PYTHONPATH=str(ROOT),
+        )
+        self.log = tmp_path / "make-run.log"
+        self._out = self.log.open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "deploy.run"], cwd=ROOT, env=env,
+                                     stdout=self._out, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def descendants(self) -> set[int]:
+        """Every process below deploy.run, and any process whose command line names its state
+        directory (Kafka and FerretDB, even once reparented)."""
+        parents: dict[int, int] = {}
+        found: set[int] = set()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if str(self.local) in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.add(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+        frontier = {self.proc.pid}
+        while frontier:
+            children = {pid for pid, parent in parents.items() if parent in frontier} - found
+            found |= children
+            frontier = children
+        return found - {self.proc.pid}
+
+    def interrupt_and_wait(self, within_s: float) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(within_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"deploy.run still running {within_s}s after Ctrl-C:\n{self.output()}") from None
+
+    def close(self) -> None:
+        """Whatever a failed test left: kill it all, so nothing outlives the test."""
+        for pid in self.descendants() | ({self.proc.pid} if self.proc.poll() is None else set()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        self._out.close()
+
+
+@pytest.fixture
+def make_run(tmp_path: Path) -> Any:
+    from deploy.localinfra import Profile
+
+    if not Profile.test().cache_dir.exists():
+        pytest.fail("the make-run tests reuse the local infrastructure's download cache: provision it first "
+                    "(python -m deploy.localinfra provision --profile test)")
+    started: list[MakeRun] = []
+
+    def start() -> MakeRun:
+        run = MakeRun(tmp_path / f"run{len(started)}")
+        started.append(run)
+        return run
+
+    yield start
+    for run in started:
+        run.close()
+
+
+def assert_nothing_left(run: MakeRun, before: set[int]) -> None:
+    from deploy.localinfra._base import pid_alive, port_is_free
+
+    alive = sorted(pid for pid in before | run.descendants() if pid_alive(pid))
+    assert alive == [], f"processes left behind: {alive}\n{run.output()}"
+    busy = {name: port for name, port in run.ports.items() if not port_is_free("127.0.0.1", port)}
+    assert busy == {}, f"ports still listened on: {busy}"
+
+
+async def _serving(port: int) -> bool:
+    try:
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            return (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def test_make_run_stops_everything_it_started_on_ctrl_c(make_run: Callable[[], MakeRun]) -> None:
+    run = make_run()
+
+    async def up() -> bool:
+        if run.proc.poll() is not None:
+            raise AssertionError(f"deploy.run exited early:\n{run.output()}")
+        return await _serving(run.ports["identity"]) and await _serving(run.ports["notifications"])
+
+    await eventually(up, 240, "identity and notifications ready", every=1.0)
+    before = run.descendants()
+    assert len(before) >= 6, f"Kafka, FerretDB, two sinks, two services: {before}"
+
+    assert await asyncio.to_thread(run.interrupt_and_wait, 90) == 0, run.output()
+    assert_nothing_left(run, before)
+
+
+async def test_make_run_interrupted_during_start_up_stops_what_it_had_started(
+    make_run: Callable[[], MakeRun],
+) -> None:
+    run = make_run()
+    kafka_pid_file = run.local / "run" / "kafka.pid"
+    # Kafka started, and deploy.run waits for it to be ready: the slowest stage of start-up.
+    await eventually(lambda: kafka_pid_file.exists() or run.proc.poll() is not None, 120, "Kafka started", every=0.1)
+    assert run.proc.poll() is None, run.output()
+    before = run.descendants()
+    assert before, "something was started"
+
+    assert await asyncio.to_thread(run.interrupt_and_wait, 60) == 0, run.output()
+    assert_nothing_left(run, before)
+    assert "Leaseline is starting" not in run.output(), "interrupted before the services, as intended"
