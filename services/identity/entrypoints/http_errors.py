@@ -45,6 +45,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthenticated", 403: "forbidden"}
-        return error_response(error.status_code, codes.get(error.status_code, "http_error"), str(error.detail),
+        codes = {400: "malformed_request", 404: "not_found", 405: "method_not_allowed", 401: "unauthenticated",
+                 403: "forbidden"}
+        message = str(error.detail)
+        if error.status_code == 400:  # a body fastapi could not even decode ("There was an error parsing the body")
+            message = "the request body could not be read: send JSON in UTF-8"
+        return error_response(error.status_code, codes.get(error.status_code, "http_error"), message,
                               headers=getattr(error, "headers", None))

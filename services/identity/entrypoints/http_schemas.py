@@ -11,7 +11,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 from services.identity.domain.normalise import normalise_email, normalise_mobile, normalise_name, normalise_vin
 
 Locale = Literal["fr-FR", "fr-CA", "fr-BE", "nl-BE", "nl-NL", "en"]
-Email = Annotated[str, Field(min_length=3, max_length=320, examples=["jeanne.martin@example.fr"]),
+Email = Annotated[str, Field(min_length=3, max_length=320, examples=["jeanne.martin@example.fr"],
+                             json_schema_extra={"format": "email"}),
                   AfterValidator(normalise_email)]
 Name = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(normalise_name)]
 Password = Annotated[str, Field(min_length=1, max_length=1024, description="12 to 128 characters, hard to guess")]
