@@ -261,7 +261,9 @@ def build_api(app: FastAPI, ctx: Identity, settings: IdentitySettings) -> None:
 
     @v1.post("/me/device-challenges", response_model=s.DeviceChallenge, tags=["me"])
     async def authorise_this_device(p: Who, who: Asker) -> dict[str, Any]:
-        """After linking a contract: authorise the device of the current session."""
+        """Authorise the device of the current session (this session is replaced by one on the device).
+        A contract link ends the sessions opened before it, so after a link the device is authorised at
+        sign-in instead; this serves a customer who authorises (and remembers) a device ahead of the link."""
         account = await ctx.stores.accounts.get(p.account_id)
         assert account is not None
         return await devices.start_challenge(ctx, who, account, purpose="session", replaces_session=p.session_id)
