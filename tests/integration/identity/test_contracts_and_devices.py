@@ -431,3 +431,24 @@ async def test_belgian_registration_starts_from_the_customer_number_and_a_texted
     account = await identity.account(pieter["email"])
     assert account["customer_number"] == customer_number and account["mobile"] == "+32470123456"
     assert json.dumps(account, default=str).count(unseal(identity, latest, "code")) == 0
+
+
+async def test_a_device_authorised_and_remembered_before_the_link_goes_straight_in_after_it(identity: Harness) -> None:
+    who = await register_and_activate(identity, "Jade Lemaire")
+    http = identity.http()
+    unlinked = (await login(identity, who)).json()
+    challenge = (await http.post("/v1/me/device-challenges", headers=bearer(unlinked))).json()
+    assert (await http.post("/v1/device-challenges/code",
+                            json={"challenge": challenge["challenge"], "channel": "email"})).status_code == 202
+    (issued,) = await identity.events(DeviceCodeIssued, customer_id=who["customer_id"])
+    device = (await http.post("/v1/device-challenges/verify", json={
+        "challenge": challenge["challenge"], "code": unseal(identity, issued, "code"), "remember": True})).json()
+    assert (await http.get("/v1/me", headers=bearer(unlinked))).status_code == 401, "replaced by the device's session"
+
+    customer_number = f"BE-{uuid.uuid4().hex[:6]}"
+    await identity.publish(ContractLinkVerified(customer_id=who["customer_id"], customer_number=customer_number,
+                                                contract_numbers=[f"{customer_number}-L1"]))
+    await eventually(lambda: link_status_is(identity, who, "verified"), 20, "the link verified")
+    assert (await http.get("/v1/me", headers=bearer(device))).status_code == 401, "the link ended it too"
+    assert (await login(identity, who, device_token=device["device_token"])).json()["status"] == "authenticated"
+    assert (await login(identity, who)).json()["status"] == "device_authorisation_required", "other devices are asked"
