@@ -288,13 +288,18 @@ class EventConsumer:
         if (record.topic, record.partition, record.offset) in self._parked_uncommitted:
             return  # parked already, by a batch that was then given up
         started = time.perf_counter()
+        # The ids every line about this record carries: the envelope's, or, when it cannot be
+        # decoded, the event id its headers name (if any).
+        ids: dict[str, str | None] = {"event_id": _header(record, "ce_id"), "correlation_id": None}
         try:
             route, envelope, event = self._decode(record)
-            with log_context(event_id=envelope.id, correlation_id=envelope.correlationid):
+            ids = {"event_id": envelope.id, "correlation_id": envelope.correlationid}
+            with log_context(**ids):
                 await self._run_with_retries(route, envelope, event, record, batch or _Batch.unbounded())
             self._metrics.handled.labels(*labels).inc()
         except Parked as parked:
-            await self._park(record, parked, batch)
+            with log_context(**ids):
+                await self._park(record, parked, batch)
         finally:
             self._metrics.latency.labels(*labels).observe(time.perf_counter() - started)
 
@@ -432,6 +437,13 @@ class EventConsumer:
                 self._metrics.lag.labels(self._metrics.service, tp.topic, str(tp.partition)).set(
                     max(0, highwater - offset)
                 )
+
+
+def _header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
+    for key, value in record.headers or ():
+        if key == name:
+            return (value or b"").decode("utf-8", "replace")
+    return None
 
 
 def _being_cancelled() -> bool:

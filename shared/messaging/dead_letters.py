@@ -23,6 +23,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from shared.events.registry import DLQ_SUFFIX, dead_letter_topic
+from shared.logging import scrub
 from shared.messaging.kafka import partitions_of, read_topic, stop_consumer
 
 REASON = "dlq-reason"
@@ -79,7 +80,8 @@ def park_headers(
     headers = {k: v for k, v in record_headers(record).items() if k not in _OURS and k != REPLAY_FOR_GROUP}
     headers.update(
         {
-            REASON: reason[:2000],
+            # Handler errors may quote what they were given: no secret or address in clear here.
+            REASON: scrub(reason)[:2000],
             REASON_KIND: kind,
             ORIGINAL_TOPIC: record.topic,
             ORIGINAL_PARTITION: str(record.partition),
@@ -109,7 +111,7 @@ def truncated_copy(
     kept = {k: v for k, v in headers.items() if k in _OURS}
     kept[TRUNCATED] = (
         f"parked cut short: value {len(value)} bytes (kept {min(len(value), TRUNCATED_VALUE_BYTES)}), "
-        f"key {len(key or b'')} bytes, original headers dropped; parking it whole failed: {why}"
+        f"key {len(key or b'')} bytes, original headers dropped; parking it whole failed: {scrub(why)}"
     )[:2000]
     return (key[:TRUNCATED_KEY_BYTES] if key else key), value[:TRUNCATED_VALUE_BYTES], kept
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +14,7 @@ from pymongo.errors import AutoReconnect, ServerSelectionTimeoutError
 from shared.events import CustomerActivated, Envelope
 from shared.messaging import Delivery, EventConsumer, PermanentError, TransientError
 from shared.messaging.consumer import BATCH_BUDGET_S, MAX_POLL_INTERVAL_MS, BatchAborted
+from shared.logging import JsonFormatter
 from shared.runtime.metrics import Metrics
 from shared.settings import ServiceSettings
 from shared.storage import ConcurrencyConflict
@@ -404,3 +406,47 @@ async def test_a_handler_cancelled_while_its_library_turns_the_cancellation_into
     batch = FakeBatch([record(activated())])
     await asyncio.wait_for(h.consumer.handle_batch(batch), 5)
     assert h.parked == [] and batch.calls == ["rewind"]
+
+
+async def test_handler_error_text_is_scrubbed_before_it_reaches_the_dead_letter_headers() -> None:
+    h = Harness()
+
+    @h.consumer.on(CustomerActivated)
+    async def handle(event: CustomerActivated, delivery: Delivery) -> None:
+        raise PermanentError("jeanne.martin@example.fr code=123456 is not a known customer")
+
+    await h.consumer.process([record(activated())])
+    reason = h.parked[0][1]["dlq-reason"]
+    assert "jeanne.martin" not in reason and "123456" not in reason
+    assert reason == "PermanentError: j***@example.fr code=[redacted] is not a known customer"
+
+
+class JsonLines(logging.Handler):
+    """Formats each record as it is emitted, as the real handler does (the ids live in the context)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.setFormatter(JsonFormatter("test"))
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+async def test_the_parked_line_carries_the_event_and_correlation_ids() -> None:
+    h = Harness()
+    lines = JsonLines()
+    logger = logging.getLogger("shared.messaging.consumer")
+    logger.addHandler(lines)
+
+    @h.consumer.on(CustomerActivated)
+    async def handle(event: CustomerActivated, delivery: Delivery) -> None:
+        raise PermanentError("no")
+
+    envelope = Envelope.wrap(CustomerActivated(customer_id="cus_1"), source="identity", time=AT, correlation_id="req_7")
+    try:
+        await h.consumer.process([record(envelope.to_bytes()), record(b"garbage", 1)])
+    finally:
+        logger.removeHandler(lines)
+    parked = [line for line in lines.lines if line["message"] == "message parked"]
+    assert [(p.get("event_id"), p.get("correlation_id")) for p in parked] == [(envelope.id, "req_7"), ("x", None)]
