@@ -40,8 +40,20 @@ class TopicSpec:
             self.name,
             num_partitions=self.partitions,
             replication_factor=replication_factor,
-            topic_configs={"retention.ms": str(self.retention_ms), "min.insync.replicas": "1"},
+            topic_configs={
+                "retention.ms": str(self.retention_ms),
+                "min.insync.replicas": str(min_insync_replicas(replication_factor)),
+            },
         )
+
+
+def min_insync_replicas(replication_factor: int) -> int:
+    """A majority of the replicas (1 of 1, 2 of 3, 3 of 5). Producers send with ``acks=all``, so an
+    acknowledged event is on a majority: it survives the loss of any minority of brokers, and
+    writes go on while only a minority is down. With 1 replica there is nothing else to ask."""
+    if replication_factor < 1:
+        raise ValueError(f"replication factor must be at least 1, not {replication_factor}")
+    return replication_factor // 2 + 1
 
 
 def specs_for(topic: str, partitions: int) -> list[TopicSpec]:
