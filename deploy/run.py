@@ -14,6 +14,7 @@ import selectors
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +39,34 @@ def secret_keys() -> str:
         path.write_text(Keyring.generate_spec("local-1"))
         path.chmod(0o600)
     return path.read_text().strip()
+
+
+#: The services that seal secrets into events (identity: activation and reset tokens, codes) or
+#: open them (notifications, to send them). No other process is given the key.
+SECRET_HOLDERS = frozenset({"identity", "notifications"})
+
+
+def base_env(environ: Mapping[str, str], bootstrap: str, mongodb_uri: str) -> dict[str, str]:
+    """What every child gets (sinks, topic creation, services): the caller's environment without
+    ``EVENT_SECRET_KEYS``, plus where the infrastructure and the sinks are."""
+    env = {k: v for k, v in environ.items() if k != "EVENT_SECRET_KEYS"}
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        MONGODB_URI=mongodb_uri,
+        PYTHONPATH=str(ROOT),
+        SMTP_HOST="127.0.0.1",
+        SMTP_PORT=str(SMTP_PORT),
+        TWILIO_BASE_URL=f"http://127.0.0.1:{TWILIO_SINK_PORT}",
+        PORTAL_BASE_URL=environ.get("PORTAL_BASE_URL", "http://127.0.0.1:8001/portal"),
+    )
+    return env
+
+
+def service_env(name: str, base: Mapping[str, str], secret_keys: str) -> dict[str, str]:
+    env = {**base, "SERVICE_NAME": name, "HTTP_PORT": http_port(name)}
+    if name in SECRET_HOLDERS:
+        env["EVENT_SECRET_KEYS"] = secret_keys
+    return env
 
 
 def services() -> list[str]:
@@ -104,25 +133,14 @@ def main() -> int:
             owned += ensure_running([kafka, store])  # type: ignore[arg-type]
             bootstrap, mongodb_uri = kafka.bootstrap_servers, store.uri
 
-        env = dict(os.environ)
-        env.update(
-            KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-            MONGODB_URI=mongodb_uri,
-            EVENT_SECRET_KEYS=secret_keys(),
-            PYTHONPATH=str(ROOT),
-            SMTP_HOST="127.0.0.1",
-            SMTP_PORT=str(SMTP_PORT),
-            TWILIO_BASE_URL=f"http://127.0.0.1:{TWILIO_SINK_PORT}",
-            PORTAL_BASE_URL=os.environ.get("PORTAL_BASE_URL", "http://127.0.0.1:8001/portal"),
-        )
+        env = base_env(os.environ, bootstrap, mongodb_uri)
+        keys = secret_keys()
         subprocess.run([sys.executable, "-m", "shared.messaging.topics"], cwd=ROOT, env=env, check=True)
 
         children.append(Process("smtp-sink", ["-m", "deploy.sinks", "smtp", "--port", str(SMTP_PORT)], env))
         children.append(Process("sms-sink", ["-m", "deploy.sinks", "twilio", "--port", str(TWILIO_SINK_PORT)], env))
         for name in services():
-            children.append(
-                Process(name, ["-m", f"services.{name}"], {**env, "SERVICE_NAME": name, "HTTP_PORT": http_port(name)})
-            )
+            children.append(Process(name, ["-m", f"services.{name}"], service_env(name, env, keys)))
         print(f"Leaseline is starting: Kafka {bootstrap}, store {mongodb_uri}")
         for name in services():
             print(f"  {name:<14} http://127.0.0.1:{http_port(name)}  (/docs, /healthz, /readyz, /metrics)")

@@ -45,3 +45,24 @@ def test_the_image_serves_health_on_the_port_compose_publishes() -> None:
     assert "HTTP_PORT=8000" in dockerfile and "/healthz" in dockerfile
     for name in ("identity", "notifications"):
         assert compose()["services"][name]["ports"][0].endswith(":8000")
+
+
+def test_only_the_holders_of_secrets_get_the_event_secret_keys_in_compose() -> None:
+    document = compose()
+    assert "EVENT_SECRET_KEYS" not in document["x-service"]["environment"], "not in what every service shares"
+    for name, service in document["services"].items():
+        environment = service.get("environment") or {}
+        assert ("EVENT_SECRET_KEYS" in environment) == (name in {"identity", "notifications"}), name
+
+
+def test_make_run_gives_the_event_secret_keys_to_identity_and_notifications_only() -> None:
+    from deploy.run import SECRET_HOLDERS, base_env, service_env
+
+    assert SECRET_HOLDERS == {"identity", "notifications"}
+    base = base_env({"EVENT_SECRET_KEYS": "local-1:c2VjcmV0", "PATH": "/usr/bin"}, "127.0.0.1:9092", "mongodb://x/")
+    assert "EVENT_SECRET_KEYS" not in base, "sinks and topic creation get the base environment"
+    assert base["PATH"] == "/usr/bin" and base["KAFKA_BOOTSTRAP_SERVERS"] == "127.0.0.1:9092"
+    for name in ("identity", "notifications"):
+        assert service_env(name, base, "local-1:c2VjcmV0")["EVENT_SECRET_KEYS"] == "local-1:c2VjcmV0"
+    for name in ("contracts", "restitution", "consent"):
+        assert "EVENT_SECRET_KEYS" not in service_env(name, base, "local-1:c2VjcmV0"), name
