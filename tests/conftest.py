@@ -1,12 +1,16 @@
 """Test fixtures: the real broker and store every integration test talks to.
 
 Which infrastructure, in order:
-1. ``KAFKA_BOOTSTRAP_SERVERS`` and ``MONGODB_URI`` when both are set (an existing environment);
-2. testcontainers (Kafka in KRaft mode, MongoDB) when a Docker engine answers;
+1. ``KAFKA_BOOTSTRAP_SERVERS`` and ``MONGODB_URI`` when both are set (an existing environment;
+   only one of them set is a mistake, reported as such);
+2. testcontainers (Kafka in KRaft mode, MongoDB 7) when a Docker engine answers;
 3. otherwise the project's own local infrastructure (``deploy/localinfra``, test profile: Kafka
-   from Maven Central jars, FerretDB on SQLite), started once per session and stopped at the end.
+   from Maven Central jars, FerretDB on SQLite), started once per session; what this session
+   started is stopped at the end, what was already running is left running.
 
-Tests are isolated by a topic namespace, database names and consumer groups unique to each test.
+Tests are isolated by a topic namespace and a database unique to each test (``settings``). The
+consumer groups are not unique (``leaseline-probe-...``): they never meet, because a group only
+ever reads its own test's topics.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import os
 import warnings
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,16 +46,41 @@ def _docker_answers() -> bool:
         return False
 
 
+#: testcontainers-python's KafkaContainer (4.15) drives the Confluent image's start scripts, so it
+#: cannot run apache/kafka; Confluent Platform 8.1 ships Apache Kafka 4.1, what runs locally and in
+#: docker-compose (apache/kafka:4.1.1).
+KAFKA_IMAGE = "confluentinc/cp-kafka:8.1.0"
+MONGODB_IMAGE = "mongo:7"
+
+
+def external_infrastructure(environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """(bootstrap servers, MongoDB URI) from the environment when both are set; None when neither."""
+    kafka, mongodb = environ.get("KAFKA_BOOTSTRAP_SERVERS", ""), environ.get("MONGODB_URI", "")
+    if kafka and mongodb:
+        return kafka, mongodb
+    if kafka or mongodb:
+        given, missing = ("KAFKA_BOOTSTRAP_SERVERS", "MONGODB_URI") if kafka else ("MONGODB_URI", "KAFKA_BOOTSTRAP_SERVERS")
+        raise ValueError(
+            f"{given} is set but {missing} is not: set both to test against existing infrastructure, "
+            "or neither to let the tests start their own"
+        )
+    return None
+
+
 @pytest.fixture(scope="session")
 def infra() -> Iterator[Infrastructure]:
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("MONGODB_URI"):
-        yield Infrastructure(os.environ["KAFKA_BOOTSTRAP_SERVERS"], os.environ["MONGODB_URI"], "environment")
+    try:
+        external = external_infrastructure(os.environ)
+    except ValueError as error:
+        pytest.fail(str(error), pytrace=False)
+    if external is not None:
+        yield Infrastructure(*external, "environment")
         return
     if _docker_answers():
-        from testcontainers.kafka import KafkaContainer
-        from testcontainers.mongodb import MongoDbContainer
+        from testcontainers.community.kafka import KafkaContainer
+        from testcontainers.community.mongodb import MongoDbContainer
 
-        with KafkaContainer().with_kraft() as kafka, MongoDbContainer("mongo:7") as mongo:
+        with KafkaContainer(KAFKA_IMAGE).with_kraft() as kafka, MongoDbContainer(MONGODB_IMAGE) as mongo:
             yield Infrastructure(kafka.get_bootstrap_server(), mongo.get_connection_url(), "testcontainers")
         return
     from deploy.localinfra import LocalFerretDB, LocalKafka, Profile, ensure_running
@@ -60,6 +89,7 @@ def infra() -> Iterator[Infrastructure]:
     kafka, store = LocalKafka(profile), LocalFerretDB(profile)
     # Infrastructure someone already started (`python -m deploy.localinfra up --profile test`)
     # is used and left running, unless it runs an outdated build; what this session starts, it stops.
+    # When starting fails half-way, ensure_running stops what it had started itself.
     started_here = ensure_running([kafka, store])
     try:
         yield Infrastructure(kafka.bootstrap_servers, store.uri, "local", kafka_node=kafka)
