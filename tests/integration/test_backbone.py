@@ -20,6 +20,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
 
 from shared.events import CustomerActivated, Envelope
@@ -449,11 +450,30 @@ async def test_the_whole_catalogue_is_created_explicitly_with_dead_letter_topics
     assert len(described[0]["partitions"]) == settings.topic_partitions
 
 
+def samples(metrics_text: str, name: str, **labels: str) -> list[float]:
+    """The values of the samples called ``name`` whose labels include ``labels``."""
+    return [
+        sample.value
+        for family in text_string_to_metric_families(metrics_text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    ]
+
+
 async def test_every_process_serves_health_readiness_and_metrics(
     settings: ServiceSettings, runtimes: list[ServiceRuntime]
 ) -> None:
+    earlier, earlier_accounts = await writer(settings, runtimes, relay=False)
+    await write_customers(earlier, earlier_accounts, ["cus_left_1", "cus_left_2"])  # left in an outbox
     runtime = ServiceRuntime(settings)
-    wire_consumer(runtime)
+    runtime.store(ACCOUNTS)
+    consumer = runtime.consumer("metrics")
+
+    @consumer.on(CustomerActivated)
+    async def handle(event: CustomerActivated, delivery: Delivery) -> None:
+        if event.customer_id == "cus_poison":
+            raise PermanentError("not this one")
+
     transport = httpx.ASGITransport(app=runtime.app)
     async with httpx.AsyncClient(transport=transport, base_url="http://probe") as http:
         assert (await http.get("/readyz")).status_code == 503, "not ready before it started"
@@ -463,15 +483,47 @@ async def test_every_process_serves_health_readiness_and_metrics(
         ready = await http.get("/readyz")
         assert ready.status_code == 200, ready.text
         assert ready.json()["checks"] == {"store": "ok", "kafka": "ok"}
-        metrics = (await http.get("/metrics")).text
-    for name in (
-        "leaseline_messages_consumed_total",
-        "leaseline_messages_parked_total",
-        "leaseline_handler_seconds",
-        "leaseline_outbox_backlog",
-        "leaseline_consumer_lag",
-    ):
-        assert name in metrics
+
+        topic = topic_for("customer.activated", settings.topic_namespace)
+        await publish_raw(settings, topic, [(b"cus_good", wire(activation(runtime, "cus_good"))),
+                                            (b"cus_poison", wire(activation(runtime, "cus_poison")))])
+        # The two relayed from the outbox, the good one and the poison one, all committed.
+        await eventually(lambda: _committed(settings, consumer.group_id, topic, 4), 60, "four committed")
+
+        async def metrics_once_committed() -> str | None:
+            text = (await http.get("/metrics")).text
+            lag = samples(text, "leaseline_consumer_lag", topic=topic)
+            return text if lag and sum(lag) == 0 else None
+
+        metrics = await eventually(metrics_once_committed, 10, "lag back to 0 after the commit")
+
+    labels = {"service": "probe", "topic": topic}
+    assert samples(metrics, "leaseline_messages_consumed_total", **labels) == [4.0]
+    assert samples(metrics, "leaseline_messages_handled_total", **labels) == [3.0]
+    assert samples(metrics, "leaseline_messages_parked_total", **labels, reason="handler_rejected") == [1.0]
+    assert samples(metrics, "leaseline_handler_failures_total", **labels, kind="permanent") == [1.0]
+    assert samples(metrics, "leaseline_handler_seconds_count", **labels) == [4.0]
+    assert samples(metrics, "leaseline_outbox_backlog", service="probe") == [2.0], "measured at start"
+    assert samples(metrics, "leaseline_outbox_relayed_total", **labels) == [2.0]
+
+
+async def test_readiness_answers_503_when_the_store_is_unreachable(
+    settings: ServiceSettings, runtimes: list[ServiceRuntime]
+) -> None:
+    runtime = ServiceRuntime(settings)
+    wire_consumer(runtime)
+    await runtime.start()
+    runtimes.append(runtime)
+    # The store goes away under a running service: its client now points at a closed port.
+    lost = AsyncMongoClient(f"mongodb://127.0.0.1:{closed_port()}/", serverSelectionTimeoutMS=500)
+    runtime.db = lost[settings.mongodb_database]
+    transport = httpx.ASGITransport(app=runtime.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://probe") as http:
+        answer = await http.get("/readyz")
+    await lost.close()
+    assert answer.status_code == 503
+    checks = answer.json()["checks"]
+    assert checks["store"].startswith("unreachable") and checks["kafka"] == "ok" and "service" not in checks
 
 
 async def test_concurrent_writers_of_one_document_never_lose_an_update(settings: ServiceSettings) -> None:
