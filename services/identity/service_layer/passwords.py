@@ -6,7 +6,7 @@ from typing import Any
 
 from services.identity.domain import accounts as rules
 from services.identity.domain import tokens
-from services.identity.domain.errors import Refusal
+from services.identity.domain.errors import FieldProblem, Refusal
 from services.identity.domain.lockout import LockState
 from services.identity.service_layer.context import Caller, Identity, addressed, retrying
 from services.identity.service_layer.registration import check_password
@@ -142,7 +142,9 @@ async def forced_change(ctx: Identity, caller: Caller, ticket: str, new: str) ->
     state = doc.state
     check_password(ctx, new, state["first_name"], state["last_name"], state["email"], field="new_password")
     if await ctx.hasher.verify(state["password_hash"], new):
-        raise Refusal("password_unchanged", "choose a password different from the current one", 422)
+        raise Refusal("password_unchanged", "choose a password different from the current one", 422, fields=[
+            FieldProblem(("body", "new_password"), "choose a password different from the current one", "password_unchanged")
+        ])
     new_hash = await ctx.hasher.hash(new)
     event = PasswordChanged(customer_id=doc.id, reason="forced_change", **addressed(state))
     await end_all_sessions(ctx, account_id, "forced_password_change",

@@ -212,7 +212,8 @@ async def test_a_security_administrator_requires_everyone_to_change_password_at_
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "password_change_required"
     ticket = refused.json()["error"]["details"]["change_ticket"]
     same = await http.post("/v1/password-changes/forced", json={"change_ticket": ticket, "new_password": STRONG})
-    assert same.json()["error"]["code"] == "password_unchanged"
+    assert same.status_code == 422 and same.json()["error"]["code"] == "password_unchanged"
+    assert [f["loc"] for f in same.json()["error"]["fields"]] == [["body", "new_password"]]
     changed = await http.post("/v1/password-changes/forced", json={"change_ticket": ticket, "new_password": OTHER_STRONG})
     assert changed.status_code == 200, changed.text
     assert (await login(identity, who | {"password": OTHER_STRONG})).status_code == 200
