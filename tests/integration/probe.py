@@ -3,8 +3,10 @@
 - ``write``: stores customers through the outbox (one event each), without relaying;
 - ``relay``: relays outboxes to Kafka until stopped (``PROBE_CRASH_AFTER_PUBLISH=1``: SIGKILLs
   itself after publishing and before marking the events sent);
-- ``consume``: applies ``customer.activated`` events to per-customer tallies, idempotently
-  (``PROBE_HANDLER_DELAY_S`` slows each event down so that a test can kill it mid-stream).
+- ``consume``: applies ``customer.activated`` events to per-customer tallies, idempotently, and
+  records each copy it recognises as already applied in ``duplicates`` (``PROBE_HANDLER_DELAY_S``
+  slows each event down; ``PROBE_CRASH_AFTER_APPLIED=N`` SIGKILLs itself right after applying its
+  N-th event, before the batch is committed, so that a redelivery is certain).
 
 Run as ``python -m tests.integration.probe <role>`` with the usual settings in the environment.
 """
@@ -26,6 +28,7 @@ from shared.storage import DocumentStore
 
 ACCOUNTS = "accounts"
 TALLIES = "tallies"
+DUPLICATES = "duplicates"
 
 
 def activation(runtime: ServiceRuntime, customer_id: str) -> Envelope:
@@ -37,9 +40,17 @@ async def write_customers(runtime: ServiceRuntime, store: DocumentStore, custome
         await store.create(customer_id, {"status": "active"}, [activation(runtime, customer_id)])
 
 
-def wire_consumer(runtime: ServiceRuntime, delay_s: float = 0.0) -> DocumentStore:
+def wire_consumer(runtime: ServiceRuntime, delay_s: float = 0.0, crash_after_applied: int = 0) -> DocumentStore:
     tallies = runtime.store(TALLIES)
+    duplicates = runtime.db[DUPLICATES]
     consumer = runtime.consumer("tally")
+    applied = 0
+
+    async def applied_one() -> None:
+        nonlocal applied
+        applied += 1
+        if applied == crash_after_applied:
+            os.kill(os.getpid(), signal.SIGKILL)
 
     @consumer.on(CustomerActivated)
     async def count_activation(event: CustomerActivated, delivery: Delivery) -> None:
@@ -48,9 +59,11 @@ def wire_consumer(runtime: ServiceRuntime, delay_s: float = 0.0) -> DocumentStor
         tally = await tallies.get(event.customer_id)
         if tally is None:
             await tallies.create(event.customer_id, {"count": 1, "offsets": [delivery.offset]}, applied=delivery.event_id)
+            await applied_one()
             return
         if tally.has_applied(delivery.event_id):
             runtime.metrics.duplicates.labels(runtime.metrics.service, delivery.topic).inc()
+            await duplicates.insert_one({"event_id": delivery.event_id, "offset": delivery.offset})
             return
         state: dict[str, Any] = tally.state
         await tallies.update(
@@ -58,6 +71,7 @@ def wire_consumer(runtime: ServiceRuntime, delay_s: float = 0.0) -> DocumentStor
             {"count": state["count"] + 1, "offsets": [*state["offsets"], delivery.offset]},
             applied=delivery.event_id,
         )
+        await applied_one()
 
     return tallies
 
@@ -71,7 +85,11 @@ async def _run(role: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if role == "consume":
-        wire_consumer(runtime, float(os.environ.get("PROBE_HANDLER_DELAY_S", "0")))
+        wire_consumer(
+            runtime,
+            float(os.environ.get("PROBE_HANDLER_DELAY_S", "0")),
+            int(os.environ.get("PROBE_CRASH_AFTER_APPLIED", "0")),
+        )
     elif role == "relay":
         runtime.store(ACCOUNTS)
         if os.environ.get("PROBE_CRASH_AFTER_PUBLISH") == "1":

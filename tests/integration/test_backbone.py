@@ -34,7 +34,7 @@ from shared.storage import ConcurrencyConflict
 from shared.storage.documents import PENDING
 from tests.conftest import Infrastructure
 from tests.integration.helpers import ROOT, Child, eventually, read_topic
-from tests.integration.probe import ACCOUNTS, TALLIES, activation, wire_consumer, write_customers
+from tests.integration.probe import ACCOUNTS, DUPLICATES, TALLIES, activation, wire_consumer, write_customers
 
 pytestmark = pytest.mark.integration
 
@@ -87,10 +87,14 @@ async def test_a_relay_killed_between_publishing_and_marking_resends_and_the_eve
     consumer = children("consume", settings)
     await consumer.wait_ready()
 
-    assert await eventually(lambda: tallies_of(settings, mongo), 30, "the tally") == {"cus_bruno": 1}
     topic = topic_for("customer.activated", settings.topic_namespace)
     on_topic = await eventually(lambda: _count(infra, topic, 2), 30, "both copies on the topic")
-    assert on_topic == 2, "published twice, applied once"
+    assert on_topic == 2, "published twice"
+    # Once the consumer has committed past both copies, it has seen both: applied once all the same.
+    await eventually(lambda: _committed(settings, "leaseline-probe-tally", topic, 2), 30, "both copies consumed")
+    assert await tallies_of(settings, mongo) == {"cus_bruno": 1}
+    duplicates = await mongo[settings.mongodb_database][DUPLICATES].count_documents({})
+    assert duplicates >= 1, "the second copy was recognised as applied"
 
 
 async def _count(infra: Infrastructure, topic: str, expected: int) -> int | None:
@@ -106,16 +110,19 @@ async def test_a_consumer_killed_in_the_middle_of_1000_events_applies_each_exact
     customers = [f"cus_{i:04d}" for i in range(1000)]
     await write_customers(runtime, accounts, customers)
 
-    first = children("consume", settings, PROBE_HANDLER_DELAY_S="0.003")
-    await eventually(lambda: _at_least(settings, mongo, 200), 60, "200 tallies before the kill", every=0.02)
-    first.kill()
+    # SIGKILLed right after applying its 300th event: that event's batch is applied, not committed.
+    first = children("consume", settings, PROBE_CRASH_AFTER_APPLIED="300")
+    await eventually(lambda: first.proc.poll() is not None, 120, "the consumer to be killed mid-stream")
+    assert first.proc.returncode == -9
     applied_before_restart = len(await tallies_of(settings, mongo))
-    assert applied_before_restart < 1000, "the kill must land mid-stream"
+    assert 300 <= applied_before_restart < 1000, "the kill landed mid-stream"
 
     children("consume", settings)
     tallies = await eventually(lambda: _at_least(settings, mongo, 1000), 120, "all 1000 tallies")
     assert sorted(tallies) == customers
     assert set(tallies.values()) == {1}, "no event applied twice"
+    redelivered = await mongo[settings.mongodb_database][DUPLICATES].count_documents({})
+    assert redelivered > 0, "the uncommitted batch was delivered again, and its applied events recognised"
 
 
 async def _at_least(settings: ServiceSettings, mongo: Any, n: int) -> dict[str, int] | None:
@@ -352,11 +359,15 @@ async def test_a_store_outage_delays_messages_and_parks_none(
 
 
 @pytest.fixture
-def own_broker(tmp_path: Any) -> Any:
-    """A broker of this test's own (its restart must not disturb other tests), same store."""
+def own_broker(tmp_path: Path) -> Any:
+    """A broker of this test's own (its restart must not disturb other tests), same store: free
+    ports, a state directory under the test's tmp dir, the test profile's download cache."""
     from deploy.localinfra import LocalKafka, Profile
 
-    node = LocalKafka(Profile(name="restart", kafka_port=29092, kafka_controller_port=29093, ferretdb_port=29017))
+    kafka_port, controller_port, unused_port = free_ports(3)
+    profile = Profile(name="restart", kafka_port=kafka_port, kafka_controller_port=controller_port,
+                      ferretdb_port=unused_port, root=tmp_path / "local", cache=Profile.test().cache_dir)
+    node = LocalKafka(profile)
     node.provision()
     node.start()
     node.wait_ready()
@@ -365,7 +376,7 @@ def own_broker(tmp_path: Any) -> Any:
     shutil.rmtree(node.profile.dir, ignore_errors=True)
 
 
-async def test_a_broker_restart_in_the_middle_of_a_stream_loses_nothing(
+async def test_a_broker_killed_and_restarted_in_the_middle_of_a_stream_loses_nothing(
     settings: ServiceSettings, mongo: Any, runtimes: list[ServiceRuntime], own_broker: Any
 ) -> None:
     settings = settings.model_copy(update={"kafka_bootstrap_servers": own_broker.bootstrap_servers})
@@ -379,11 +390,13 @@ async def test_a_broker_restart_in_the_middle_of_a_stream_loses_nothing(
     async def stream() -> None:
         for i in range(0, len(customers), 10):
             await write_customers(runtime, accounts, customers[i : i + 10])
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
 
     writing = asyncio.create_task(stream())
-    await eventually(lambda: _at_least(settings, mongo, 30), 60, "some events through before the restart")
-    await asyncio.to_thread(own_broker.stop)
+    await eventually(lambda: _at_least(settings, mongo, 30), 60, "some events through before the crash")
+    await asyncio.to_thread(own_broker.kill)  # kill -9: no controlled shutdown, no flush
+    applied_at_crash = len(await tallies_of(settings, mongo))
+    assert not writing.done() and applied_at_crash < len(customers), "the crash landed mid-stream"
     await asyncio.sleep(2)
     await asyncio.to_thread(own_broker.start)
     await asyncio.to_thread(own_broker.wait_ready)
