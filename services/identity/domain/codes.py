@@ -51,6 +51,19 @@ def check_code(stored: dict | None, code: str, now: datetime) -> CodeCheck:
     )
 
 
+def wrong_detail(stored: dict, refusal: Refusal) -> CodeCheck:
+    """The code was right but a security detail sent with it was not: one try of the code is used
+    up (the code alone does not open the door), and ``refusal`` says what was wrong."""
+    tries = stored["tries"] + 1
+    if tries >= tokens.CODE_MAX_TRIES:
+        return CodeCheck(False, {**stored, "tries": tries},
+                         Refusal("code_dead", "too many wrong attempts: ask for a new code", 400))
+    left = tokens.CODE_MAX_TRIES - tries
+    return CodeCheck(False, {**stored, "tries": tries},
+                     Refusal(refusal.code, f"{refusal.message}: {left} tries left", refusal.status,
+                             fields=refusal.fields, details={"tries_left": left}))
+
+
 def remembered_device_usable(device: dict, now: datetime) -> bool:
     """A remembered device stays trusted while it is used at least once every 180 days."""
     return (

@@ -152,7 +152,8 @@ def build_api(app: FastAPI, ctx: Identity, settings: IdentitySettings) -> None:
     async def register_by_customer_number(body: s.CustomerNumberRegistrationBody, who: Asker) -> s.Done:
         """Complete a registration with the texted code: the account is linked and usable at once."""
         must_accept_terms(body.terms_accepted)
-        await registration.register_with_customer_number(ctx, who, body.customer_number, body.code, reg_of(body))
+        await registration.register_with_customer_number(ctx, who, body.customer_number, body.code,
+                                                         body.contract_number, reg_of(body))
         return s.Done(status="registered")
 
     @v1.post("/activations", response_model=s.Done, tags=["registration"])

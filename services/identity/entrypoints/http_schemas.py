@@ -57,7 +57,11 @@ class CustomerNumberCodeBody(Body):
 
 class CustomerNumberRegistrationBody(RegistrationBody):
     customer_number: CustomerNumber
-    code: Annotated[str, Field(pattern=r"^[0-9]{6}$")]
+    code: Annotated[str, Field(pattern=r"^[0-9]{6}$", description="The code texted to the mobile number on file")]
+    contract_number: Annotated[str, Field(
+        min_length=3, max_length=40, pattern=r"^[A-Za-z0-9][A-Za-z0-9/-]*$", examples=["BE-100234-L1"],
+        description="The number of one of the customer's contracts: the security detail asked at registration",
+    )]
 
 
 class ActivationBody(Body):

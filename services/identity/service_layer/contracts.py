@@ -121,8 +121,10 @@ async def claim_customer_number(ctx: Identity, customer_number: str, account_id:
     escapes as ``ConcurrencyConflict`` (the consumer retries the verdict)."""
     doc = await ctx.stores.customers.get(customer_number)
     holder = doc.state.get("account_id") if doc else None
-    if holder is not None:
-        return holder == account_id
+    if holder == account_id:
+        return True
+    if holder is not None and await ctx.stores.accounts.get(holder) is not None:
+        return False  # (a claim whose account was never created holds nothing)
     unclaimed_holder = await ctx.stores.accounts.collection.find_one(
         {"customer_number": customer_number, "_id": {"$ne": account_id}}, {"_id": 1}
     )

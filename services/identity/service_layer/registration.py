@@ -215,8 +215,8 @@ async def _text_code(ctx: Identity, caller: Caller, customer_number: str, locale
     async def attempt() -> None:
         doc = await ctx.stores.customers.get(customer_number)
         mobile = doc.state.get("mobile_on_file") if doc else None
-        if doc is None or not mobile:
-            return
+        if doc is None or not mobile or await _has_login(ctx, doc):
+            return  # nothing to text: answered the same (the login's owner signs in or resets)
         previous = doc.state.get("registration_code") or {}
         sends = previous.get("sends", 0) if previous.get("expires_at") and previous["expires_at"] > ctx.now() else 0
         issued = codes.issue_code(ctx.now(), sends, tokens.REGISTRATION_CODE_TTL)
@@ -234,17 +234,30 @@ async def _text_code(ctx: Identity, caller: Caller, customer_number: str, locale
 
 
 async def register_with_customer_number(ctx: Identity, caller: Caller, customer_number: str, code: str,
-                                        reg: Registration) -> None:
-    """The code proves the mobile on file: the account is linked and usable at once (002, art. 2.4, 2.6)."""
+                                        contract_number: str, reg: Registration) -> None:
+    """The code proves the mobile on file, the contract number is the security detail (002, art. 2.4):
+    the account is linked and usable at once (art. 2.6). One login per customer number: the number
+    is claimed for the new account in the write that spends the code."""
     check_password(ctx, reg.password, reg.first_name, reg.last_name, reg.email)
     await ctx.limit(caller, "registration_code_check", "check", customer_number)
+    account_id = tokens.new_id("cus")
 
     async def check() -> StoredDocument:
         doc = await ctx.stores.customers.get(customer_number)
         stored = doc.state.get("registration_code") if doc else None
         outcome = codes.check_code(stored, code, ctx.now())
+        if outcome.ok and stored is not None and not _is_contract_of(doc, contract_number):
+            outcome = codes.wrong_detail(stored, Refusal(
+                "contract_number_wrong", "this is not the number of one of your contracts", 400,
+                fields=[FieldProblem(("body", "contract_number"), "not the number of one of your contracts",
+                                     "contract_number_wrong")],
+            ))
+        if outcome.ok:
+            assert doc is not None
+            await _refuse_if_taken(ctx, doc)
         if doc is not None and stored is not None:
-            await ctx.stores.customers.update(doc, doc.state | {"registration_code": outcome.stored})
+            claim = {"account_id": account_id} if outcome.ok else {}
+            await ctx.stores.customers.update(doc, doc.state | {"registration_code": outcome.stored} | claim)
         if not outcome.ok:
             assert outcome.refusal is not None
             raise outcome.refusal
@@ -254,7 +267,6 @@ async def register_with_customer_number(ctx: Identity, caller: Caller, customer_
     customer = await retrying(check)
     password_hash = await ctx.hasher.hash(reg.password)
     running = [c["number"] for c in customer.state.get("contracts", []) if c.get("running")]
-    account_id = tokens.new_id("cus")
     reg = Registration(**{**reg.__dict__, "mobile": reg.mobile or customer.state.get("mobile_on_file")})
     state = new_account_state(ctx, reg, password_hash) | {
         "status": rules.ACTIVE,
@@ -274,8 +286,46 @@ async def register_with_customer_number(ctx: Identity, caller: Caller, customer_
             [ctx.envelope(details, caller), ctx.envelope(CustomerActivated(customer_id=account_id), caller)],
         )
     except Exception as error:
+        await _release_claim(ctx, customer_number, account_id)
         if not is_duplicate_key(error):
             raise
         existing = await ctx.account_by_email(reg.email)
         if existing is not None:
             await _tell_owner(ctx, caller, existing)
+
+
+def _is_contract_of(customer: StoredDocument | None, contract_number: str) -> bool:
+    wanted = contract_number.strip().upper()
+    return customer is not None and any(
+        c.get("number", "").upper() == wanted for c in customer.state.get("contracts", [])
+    )
+
+
+async def _has_login(ctx: Identity, customer: StoredDocument) -> bool:
+    """A login holds this customer number: by its claim (of an account that exists), or, linked
+    before claims were recorded, by carrying it."""
+    holder = customer.state.get("account_id")
+    if holder is not None and await ctx.stores.accounts.get(holder) is not None:
+        return True
+    return await ctx.stores.accounts.collection.find_one({"customer_number": customer.id}, {"_id": 1}) is not None
+
+
+async def _refuse_if_taken(ctx: Identity, customer: StoredDocument) -> None:
+    if await _has_login(ctx, customer):
+        raise Refusal(
+            "customer_number_taken",
+            "this customer number already has a login: sign in with it, or ask for a new password "
+            "(POST /v1/password-resets)",
+            409,
+        )
+
+
+async def _release_claim(ctx: Identity, customer_number: str, account_id: str) -> None:
+    """The account was not created after all: the number is free again for the next attempt."""
+
+    async def attempt() -> None:
+        doc = await ctx.stores.customers.get(customer_number)
+        if doc is not None and doc.state.get("account_id") == account_id:
+            await ctx.stores.customers.update(doc, doc.state | {"account_id": None})
+
+    await retrying(attempt)

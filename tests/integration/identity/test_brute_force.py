@@ -117,7 +117,8 @@ async def test_one_address_is_limited_across_accounts_on_every_endpoint_that_sen
             "/v1/device-challenges/verify": lambda i: {"challenge": f"chl_x{i}." + "A" * 43, "code": "123456"},
             "/v1/password-changes/forced": lambda i: {"change_ticket": f"cus_x{i}." + "A" * 43, "new_password": STRONG},
             "/v1/registrations/by-customer-number": lambda i: newcomer(i) | {"customer_number": f"BE-{i}000",
-                                                                              "code": "123456"},
+                                                                              "code": "123456",
+                                                                              "contract_number": f"BE-{i}000-L1"},
             "PUT /v1/me/password": lambda i: {"current_password": WRONG, "new_password": OTHER_STRONG},
             "/v1/me/contract-links": lambda i: {"method": "customer_number", "customer_number": f"BE-{i}001"},
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -348,7 +349,8 @@ async def test_a_customer_number_registered_belgian_style_is_not_linked_to_anoth
     (issued,) = await identity.events(RegistrationCodeIssued, customer_number=customer_number)
     lotte = {"first_name": "Lotte", "last_name": "Peeters", "email": f"lotte.{customer_number.lower()}@example.be",
              "password": STRONG, "locale": "nl-BE", "terms_version": "BE-2026-01", "terms_accepted": True,
-             "customer_number": customer_number, "code": unseal(identity, issued, "code")}
+             "customer_number": customer_number, "code": unseal(identity, issued, "code"),
+             "contract_number": f"{customer_number}-L1"}
     assert (await http.post("/v1/registrations/by-customer-number", json=lotte)).status_code == 201
 
     other = await register_and_activate(identity, "Kobe Maes")
@@ -417,20 +419,57 @@ async def test_belgian_registration_starts_from_the_customer_number_and_a_texted
     assert issued.mobile == "+32470123456" and issued.locale == "nl-BE"
     pieter = {"first_name": "Pieter", "last_name": "Janssens", "email": f"pieter.{customer_number.lower()}@example.be",
               "password": STRONG, "locale": "nl-BE", "terms_version": "BE-2026-01", "terms_accepted": True,
-              "customer_number": customer_number}
+              "customer_number": customer_number, "contract_number": f"{customer_number}-L1"}
+    without_contract = await http.post("/v1/registrations/by-customer-number",
+                                       json={k: v for k, v in pieter.items() if k != "contract_number"} | {"code": "000000"})
+    assert without_contract.status_code == 422, "the contract number is a required security detail"
     wrong = await http.post("/v1/registrations/by-customer-number", json=pieter | {"code": "000000"})
     if unseal(identity, issued, "code") != "000000":
         assert wrong.json()["error"]["code"] in ("code_wrong", "code_dead"), wrong.text
 
     latest = max(await identity.events(RegistrationCodeIssued, customer_number=customer_number),
                  key=lambda e: e.code_expires_at)
-    done = await http.post("/v1/registrations/by-customer-number", json=pieter | {"code": unseal(identity, latest, "code")})
+    right_code = unseal(identity, latest, "code")
+    other_contract = await http.post("/v1/registrations/by-customer-number",
+                                     json=pieter | {"code": right_code, "contract_number": "BE-999999-L1"})
+    assert other_contract.status_code == 400 and other_contract.json()["error"]["code"] == "contract_number_wrong"
+    assert other_contract.json()["error"]["details"]["tries_left"] == 3, "a wrong detail uses up a try of the code"
+    done = await http.post("/v1/registrations/by-customer-number", json=pieter | {"code": right_code})
     assert done.status_code == 201, done.text
     signed_in = (await login(identity, pieter)).json()
     assert signed_in["status"] == "device_authorisation_required", "linked at once, so the device is authorised next"
     account = await identity.account(pieter["email"])
     assert account["customer_number"] == customer_number and account["mobile"] == "+32470123456"
     assert json.dumps(account, default=str).count(unseal(identity, latest, "code")) == 0
+
+    # One login per customer number: no code is texted for it any more (answered the same).
+    texted = len(await identity.events(RegistrationCodeIssued, customer_number=customer_number))
+    again = await http.post("/v1/registrations/customer-number-codes",
+                            json={"customer_number": customer_number, "locale": "nl-BE"})
+    assert again.status_code == 202 and again.json() == asked.json()
+    await asyncio.sleep(1.0)  # the relay is quick: a code texted now would be on the topic by then
+    assert len(await identity.events(RegistrationCodeIssued, customer_number=customer_number)) == texted
+
+
+async def test_a_customer_number_another_login_took_meanwhile_cannot_be_registered_again(identity: Harness) -> None:
+    customer_number = f"BE-{uuid.uuid4().hex[:6]}"
+    await identity.publish(contract_opened(customer_number, f"{customer_number}-L1", mobile_on_file="+32470123400"))
+    await eventually(lambda: identity.runtime.db["customer_numbers"].find_one({"_id": customer_number}), 20,
+                     "contract.opened consumed")
+    http = identity.http()
+    await http.post("/v1/registrations/customer-number-codes", json={"customer_number": customer_number, "locale": "nl-BE"})
+    (texted,) = await identity.events(RegistrationCodeIssued, customer_number=customer_number)
+    holder = await register_and_activate(identity, "Wout Peeters")
+    # Meanwhile a link verdict gave the number to another login (the claim it records):
+    await identity.runtime.db["customer_numbers"].update_one(
+        {"_id": customer_number}, {"$set": {"account_id": holder["customer_id"]}})
+    an = {"first_name": "An", "last_name": "Peeters", "email": f"an.{customer_number.lower()}@example.be",
+          "password": STRONG, "locale": "nl-BE", "terms_version": "BE-2026-01", "terms_accepted": True,
+          "customer_number": customer_number, "contract_number": f"{customer_number}-L1",
+          "code": unseal(identity, texted, "code")}
+    taken = await http.post("/v1/registrations/by-customer-number", json=an)
+    assert taken.status_code == 409 and taken.json()["error"]["code"] == "customer_number_taken", taken.text
+    assert await identity.runtime.db["accounts"].find_one({"email": an["email"]}) is None
 
 
 async def test_a_device_authorised_and_remembered_before_the_link_goes_straight_in_after_it(identity: Harness) -> None:

@@ -147,7 +147,7 @@ async def test_no_secret_crosses_kafka_in_clear(identity: Harness) -> None:
     codes.append(unseal(identity, texted, "code"))
     pieter = {"first_name": "Pieter", "last_name": "Claes", "email": f"pieter.{be_number.lower()}@example.be",
               "password": BELGIAN, "locale": "nl-BE", "terms_version": "BE-2026-01", "terms_accepted": True,
-              "customer_number": be_number, "code": codes[-1]}
+              "customer_number": be_number, "code": codes[-1], "contract_number": f"{be_number}-L1"}
     assert (await http.post("/v1/registrations/by-customer-number", json=pieter)).status_code == 201
     await identity.events(CustomerDetailsChanged, email=pieter["email"])
     closing = await identity.publish(ContractClosed(contract_number=f"{be_number}-L1", customer_number=be_number,
