@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, OperationFailure, WTimeoutError
 
 from shared.storage.documents import ConcurrencyConflict
@@ -26,6 +26,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     WTimeoutError,
     ConnectionError,
     asyncio.TimeoutError,
+    KafkaTimeoutError,  # aiokafka marks it non-retriable, yet a broker that answers late may answer later
 )
 
 

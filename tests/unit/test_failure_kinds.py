@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aiokafka.errors import KafkaConnectionError, RecordTooLargeError
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, RecordTooLargeError
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from shared.messaging.errors import PermanentError, is_transient
@@ -26,4 +26,5 @@ def test_a_wrong_write_is_not_retried() -> None:
 
 def test_kafka_errors_are_retried_only_when_kafka_says_so() -> None:
     assert is_transient(KafkaConnectionError("broker went away"))
+    assert is_transient(KafkaTimeoutError())  # aiokafka calls it non-retriable; a slow broker may answer later
     assert not is_transient(RecordTooLargeError("too big"))
