@@ -56,6 +56,8 @@ class IdentityRuntime(ServiceRuntime):
             sweep.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sweep
+        with contextlib.suppress(Exception):  # at worst a fraction of a second of counting is lost
+            await self.identity.stores.limiter.close()
         await super().stop()
         self.identity.hasher.close()
 

@@ -22,7 +22,9 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
-class _GroupCommit(Generic[Item, Result]):
+class GroupCommit(Generic[Item, Result]):
+    """Calls made while one command is in flight go out together in the next (see the module)."""
+
     def __init__(self, *, max_batch: int) -> None:
         self._max_batch = max_batch
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
@@ -64,7 +66,7 @@ class _GroupCommit(Generic[Item, Result]):
         raise NotImplementedError
 
 
-class InsertBatcher(_GroupCommit[dict[str, Any], bool]):
+class InsertBatcher(GroupCommit[dict[str, Any], bool]):
     """Concurrent single-document inserts into ``insert_many(ordered=False)`` calls."""
 
     def __init__(self, collection: AsyncCollection[dict[str, Any]], *, max_batch: int = 200) -> None:
@@ -90,26 +92,31 @@ class InsertBatcher(_GroupCommit[dict[str, Any], bool]):
         return outcomes
 
 
-class ReadBatcher(_GroupCommit[str, "dict[str, Any] | None"]):
-    """Concurrent ``find_one({_id: x})`` into ``find({_id: {$in: [...]}})`` calls (string ids)."""
+class ReadBatcher(GroupCommit[str, "dict[str, Any] | None"]):
+    """Concurrent ``find_one({field: x})`` into ``find({field: {$in: [...]}})`` calls (string values;
+    ``field`` is ``_id`` unless told otherwise, and should be unique: each caller gets one match)."""
 
     def __init__(
         self,
         collection: AsyncCollection[dict[str, Any]],
         *,
+        field: str = "_id",
         projection: Mapping[str, Any] | None = None,
         max_batch: int = 200,
     ) -> None:
         super().__init__(max_batch=max_batch)
         self._collection = collection
+        self._field = field
         self._projection = dict(projection) if projection else None
 
-    async def get(self, doc_id: str) -> dict[str, Any] | None:
-        return await self._submit(doc_id)
+    async def get(self, value: str) -> dict[str, Any] | None:
+        return await self._submit(value)
 
-    async def _run(self, ids: list[str]) -> Sequence[dict[str, Any] | None]:
-        wanted = list(dict.fromkeys(ids))
-        found = await self._collection.find({"_id": {"$in": wanted}}, projection=self._projection).to_list()
-        by_id = {doc["_id"]: doc for doc in found}
-        # Each caller gets a copy of its own: two callers of the same id may change theirs.
-        return [dict(by_id[i]) if i in by_id else None for i in ids]
+    async def _run(self, values: list[str]) -> Sequence[dict[str, Any] | None]:
+        wanted = list(dict.fromkeys(values))
+        found = await self._collection.find({self._field: {"$in": wanted}}, projection=self._projection).to_list()
+        by_value: dict[Any, dict[str, Any]] = {}
+        for doc in found:
+            by_value.setdefault(doc.get(self._field), doc)
+        # Each caller gets a copy of its own: two callers of the same value may change theirs.
+        return [dict(by_value[v]) if v in by_value else None for v in values]

@@ -93,6 +93,7 @@ class DocumentStore:
         # The outbox is loaded too (almost always empty): a write then knows its document's whole
         # outbox, and the relay can send it without reading it back.
         self._reads = ReadBatcher(self.collection)
+        self._lookups: dict[str, ReadBatcher] = {}
         self._inserts = InsertBatcher(self.collection)
 
     @property
@@ -122,6 +123,15 @@ class DocumentStore:
 
     async def find_one(self, query: Mapping[str, Any]) -> StoredDocument | None:
         raw = await self.collection.find_one(dict(query))
+        return None if raw is None else self._from_raw(raw)
+
+    async def get_by(self, field: str, value: str) -> StoredDocument | None:
+        """The document whose ``field`` (unique, indexed) equals ``value``. Concurrent lookups by the
+        same field share one query (on FerretDB v1, which scans for any field but ``_id``, one scan)."""
+        batcher = self._lookups.get(field)
+        if batcher is None:
+            batcher = self._lookups[field] = ReadBatcher(self.collection, field=field)
+        raw = await batcher.get(value)
         return None if raw is None else self._from_raw(raw)
 
     async def create(

@@ -24,6 +24,12 @@ class RateLimits:
     address_checks: Limit = Limit(60, timedelta(minutes=5))
     account_checks: Limit = Limit(30, timedelta(minutes=15))
 
+    @property
+    def longest_window(self) -> timedelta:
+        """A counter that started longer ago than this belongs to no current window."""
+        return max(limit.window for limit in (self.address_sends, self.account_sends, self.address_checks,
+                                              self.account_checks))
+
     def for_action(self, kind: str) -> tuple[Limit, Limit]:
         """(per address, per account) limits of a "send" or "check" action."""
         if kind == "send":

@@ -1,4 +1,5 @@
-"""The periodic access sweep, driven by the injected clock (one pass per interval)."""
+"""The periodic sweep, driven by the injected clock (one pass per interval): access that ended,
+rate-limit counters of windows long over."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ async def sweep_forever(ctx: Identity, interval_s: float) -> None:
             ended = await contracts.end_expired_access(ctx)
             if ended:
                 log.info("access ended", extra={"accounts": ended})
+            forgotten = await ctx.stores.limiter.purge(ctx.now() - ctx.limits.longest_window)
+            if forgotten:
+                log.info("rate-limit counters of past windows forgotten", extra={"counters": forgotten})
         except asyncio.CancelledError:
             raise
         except Exception:

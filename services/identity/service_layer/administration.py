@@ -12,6 +12,7 @@ from services.identity.domain.lockout import LockState
 from services.identity.service_layer.context import Caller, Identity, addressed, retrying
 from services.identity.service_layer.registration import Registration, new_account_state
 from services.identity.service_layer.sessions import POLICY_DOC, mark_sessions_revoked, next_generation
+from services.identity.service_layer import sessions
 from shared.events import AccountUnlocked, OrganisationUserInvited
 from shared.storage import StoredDocument
 from shared.storage.mongo import is_duplicate_key
@@ -229,6 +230,7 @@ async def require_password_change(ctx: Identity, caller: Caller, actor: Actor, *
                 await ctx.stores.policies.update(policy, state)
 
         await retrying(set_policy)
+        sessions.forget_password_policy(ctx)
         return await ctx.stores.accounts.collection.count_documents({})
     changed = 0
     for account_id in dict.fromkeys(account_ids):

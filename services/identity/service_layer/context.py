@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -48,6 +48,8 @@ class Identity:
     refresh_ttl: timedelta
     source: str = "identity"
     answer_floor_s: float = 0.2
+    #: Rarely changing documents this process read, with when to read them again (see sessions).
+    remembered: dict[str, tuple[float, Any]] = field(default_factory=dict)
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -88,7 +90,7 @@ class Identity:
                 )
 
     async def account_by_email(self, email: str) -> StoredDocument | None:
-        return await self.stores.accounts.find_one({"email": email})
+        return await self.stores.accounts.get_by("email", email)
 
     def answer_floor(self) -> "AnswerFloor":
         """Starts now: see :class:`AnswerFloor`."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -106,9 +107,24 @@ def next_generation(account: dict[str, Any]) -> dict[str, Any]:
     return {"session_generation": account.get("session_generation", 0) + 1}
 
 
+#: How long a process trusts the password policy it read. Every sign-in consults it and it changes
+#: once in a blue moon (an administrator requiring everyone to change): the process that changes it
+#: forgets its copy at once, the other replicas within this many seconds.
+POLICY_FRESH_S = 5.0
+
+
 async def change_required_before(ctx: Identity) -> datetime | None:
+    known = ctx.remembered.get(POLICY_DOC)
+    if known is not None and known[0] > time.monotonic():
+        return known[1]
     policy = await ctx.stores.policies.get(POLICY_DOC)
-    return policy.state.get("change_required_before") if policy else None
+    value = policy.state.get("change_required_before") if policy else None
+    ctx.remembered[POLICY_DOC] = (time.monotonic() + POLICY_FRESH_S, value)
+    return value
+
+
+def forget_password_policy(ctx: Identity) -> None:
+    ctx.remembered.pop(POLICY_DOC, None)
 
 
 async def login(ctx: Identity, caller: Caller, cmd: Login) -> dict[str, Any]:
