@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -33,6 +33,9 @@ from shared.runtime.metrics import Metrics
 from shared.storage.documents import OUTBOX, PENDING, VERSION
 
 log = logging.getLogger(__name__)
+
+#: How many acknowledged event ids the relay remembers (an id forgotten is at worst sent again).
+SENT_REMEMBERED = 20_000
 
 
 class Publisher(Protocol):
@@ -92,6 +95,9 @@ class OutboxRelay:
         self._sweep_s = sweep_s
         self._next_sweep = 0.0  # the first pass sweeps
         self._handed: dict[str, dict[str, _Outbox]] = {}  # collection -> doc id -> latest outbox, in write order
+        # Ids of the events Kafka acknowledged lately. A document written again before its outbox
+        # was emptied hands over the events already sent too: they are not sent twice.
+        self._sent: OrderedDict[str, None] = OrderedDict()
         self._wake = asyncio.Event()
         self.after_publish: Callable[[], Awaitable[None]] | None = None  # a seam for fault-injection tests
 
@@ -173,10 +179,14 @@ class OutboxRelay:
         return await self._send(name, outboxes) if outboxes else 0
 
     async def _send(self, name: str, outboxes: Sequence[_Outbox]) -> int:
-        entries = [entry for outbox in outboxes for entry in outbox.entries]
+        entries = [entry for outbox in outboxes for entry in outbox.entries if entry["id"] not in self._sent]
         if self._topics is not None:
             await self._topics.ensure({entry["topic"] for entry in entries})
         await publish_all(self._publish, entries)
+        for entry in entries:
+            self._sent[entry["id"]] = None
+        while len(self._sent) > SENT_REMEMBERED:
+            self._sent.popitem(last=False)
         if self.after_publish is not None:
             await self.after_publish()
         by_version: dict[int, list[str]] = defaultdict(list)
