@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import httpx
+from pymongo import AsyncMongoClient
 
 from services.identity.adapters.hashing import PasswordHasher
 from services.identity.bootstrap import build
@@ -80,6 +81,9 @@ async def measure(kafka_bootstrap: str, mongodb_uri: str, *, seconds: float = 10
         }
     finally:
         await runtime.stop()
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_uri)
+        await client.drop_database(settings.mongodb_database)
+        await client.close()
 
 
 if __name__ == "__main__":

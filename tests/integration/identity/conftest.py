@@ -18,7 +18,7 @@ from services.identity.settings import IdentitySettings
 from shared.crypto import Keyring
 from shared.events import Envelope, Event, event_class
 from shared.events.registry import topic_for
-from tests.conftest import Infrastructure
+from tests.conftest import Infrastructure, delete_topics, drop_database
 from tests.integration.helpers import eventually, read_topic
 
 pytestmark = pytest.mark.integration
@@ -126,10 +126,14 @@ async def start_harness(infra: Infrastructure, **overrides: Any) -> Harness:
     return Harness(runtime, settings, clock, infra)
 
 
-async def stop_harness(harness: Harness) -> None:
+async def stop_harness(harness: Harness, *, keep_data: bool = False) -> None:
+    """Stop the service; its database and topics go with it unless a restart on them follows."""
     for client in harness.clients:
         await client.aclose()
     await harness.runtime.stop()
+    if not keep_data:
+        await drop_database(harness.infra.mongodb_uri, harness.settings.mongodb_database)
+        await delete_topics(harness.infra.kafka_bootstrap, harness.settings.topic_namespace)
 
 
 @pytest.fixture(scope="module")

@@ -183,7 +183,7 @@ async def test_after_a_key_rotation_tokens_signed_with_the_old_key_stay_valid_un
         who = await register_and_activate(before, "Romane Giraud")
         old = (await login(before, who)).json()
     finally:
-        await stop_harness(before)
+        await stop_harness(before, keep_data=True)
 
     rotated = first.model_copy(update={"jwt_private_key_pem": SecretStr(_pem()), "jwt_key_id": "key-2026-12"})
     after = await started(rotated)
@@ -203,7 +203,7 @@ async def test_after_a_key_rotation_tokens_signed_with_the_old_key_stay_valid_un
         assert [k["kid"] for k in (await http.get("/.well-known/jwks.json")).json()["keys"]] == ["key-2026-12"]
         assert (await http.get("/v1/me", headers=bearer(old))).json()["error"]["code"] == "access_token_invalid"
     finally:
-        await stop_harness(after)
+        await stop_harness(after, keep_data=True)
 
     again = await started(rotated)  # a later restart does not bring the retired key back
     try:

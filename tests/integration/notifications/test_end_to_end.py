@@ -13,7 +13,7 @@ from deploy.sinks.smtp import CaughtMail
 from services.notifications.domain.sms import segments
 from shared.events import ContractLinkVerified
 from shared.settings import ServiceSettings
-from tests.conftest import Infrastructure
+from tests.conftest import Infrastructure, drop_database
 from tests.integration.helpers import eventually
 from tests.integration.identity.conftest import bearer, person, start_harness, stop_harness
 from tests.integration.notifications.conftest import KEYS, PORTAL, Sinks, StartNotifications
@@ -80,4 +80,7 @@ async def test_a_customer_registers_activates_authorises_a_device_by_sms_and_res
         again = await http.post("/v1/sessions", json={"email": who["email"], "password": new_password})
         assert again.status_code == 200 and again.json()["status"] in {"authenticated", "device_authorisation_required"}
     finally:
-        await stop_harness(identity)
+        # The topics are shared with the notifications service still running: the settings fixture
+        # deletes them after it. The database is identity's own.
+        await stop_harness(identity, keep_data=True)
+        await drop_database(infra.mongodb_uri, identity.settings.mongodb_database)
