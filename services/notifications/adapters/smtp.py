@@ -17,9 +17,11 @@ import logging
 
 import aiosmtplib
 from aiosmtplib import (
+    SMTPAuthenticationError,
     SMTPConnectError,
     SMTPException,
     SMTPNotSupported,
+    SMTPRecipientRefused,
     SMTPRecipientsRefused,
     SMTPResponseException,
     SMTPServerDisconnected,
@@ -69,6 +71,13 @@ class SmtpPool:
                 # The server closed this connection while it was idle: one fresh one, at once.
                 client = await self._connect(client)
                 return await self._transaction(client, sender, recipient, message)
+        except SMTPAuthenticationError as error:
+            # Our credentials, not the recipient: retried, and an operator must look.
+            client = await self._discard(client)
+            log.error("the SMTP server refuses our credentials", extra={"alert": "operator", "code": error.code})
+            raise TransientFailure(f"SMTP login refused: {error.code} {error.message}", code=str(error.code)) from None
+        except SMTPRecipientRefused as error:
+            raise _by_code(error.code, f"recipient refused: {error.code} {error.message}") from None
         except SMTPRecipientsRefused as error:
             codes = [refusal.code for refusal in error.recipients]
             detail = "; ".join(f"{r.code} {r.message}" for r in error.recipients)
@@ -89,9 +98,23 @@ class SmtpPool:
             self._idle.put_nowait(client if client is not None and client.is_connected else None)
 
     async def _transaction(self, client: aiosmtplib.SMTP, sender: str, recipient: str, message: bytes) -> str:
-        options = ["SMTPUTF8"] if not (sender.isascii() and recipient.isascii()) else None
-        _, reply = await client.sendmail(sender, [recipient], message, mail_options=options, timeout=self._timeout)
-        return reply
+        # MAIL, RCPT and DATA rather than sendmail(): for one recipient sendmail() parses each
+        # address twice more and normalises the message twice (to announce a SIZE that messages
+        # of a few kilobytes do not need), a tenth of the sending process's CPU per email here.
+        encoding = "ascii" if sender.isascii() and recipient.isascii() else "utf-8"
+        options = ["SMTPUTF8"] if encoding == "utf-8" else []
+        if options and not client.supports_extension("smtputf8"):
+            raise SMTPNotSupported("the server does not take non-ASCII addresses (SMTPUTF8)")
+        try:
+            await client.mail(sender, options=options, encoding=encoding, timeout=self._timeout)
+            await client.rcpt(recipient, encoding=encoding, timeout=self._timeout)
+            reply = await client.data(message, timeout=self._timeout)
+        except SMTPResponseException:
+            # A refusal leaves a half-open envelope on the server: reset it for the next message.
+            with contextlib.suppress(ConnectionError, SMTPException, asyncio.TimeoutError):
+                await client.rset(timeout=self._timeout)
+            raise
+        return reply.message
 
     async def _connect(self, old: aiosmtplib.SMTP | None) -> aiosmtplib.SMTP:
         await self._discard(old)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.nodes
 from jinja2 import StrictUndefined, pass_context, select_autoescape
 
 from services.notifications.domain.locales import format_for, french_spacing, recipient_zone, template_chain
@@ -95,6 +96,7 @@ class TemplateRenderer:
         self.env.filters["link"] = self._link
         self._found: dict[tuple[str, str, str, str], jinja2.Template | None] = {}
         self._words: dict[str, dict[str, str]] = {}
+        self._literal: dict[tuple[str, str], str | None] = {}  # blocks that are plain text, rendered once
 
     # --- finding blocks along the locale chain -------------------------------------------------
 
@@ -125,6 +127,9 @@ class TemplateRenderer:
             if required:
                 raise TemplateError(f"no block {block!r} for {name} along {template_chain(locale)}")
             return ""
+        literal = self._literal_text(template, block)
+        if literal is not None:  # a signature, a footer: the same for every message of the locale
+            return literal
         # Blocks of one file share one rendering context (building one copies every variable).
         contexts = {} if contexts is None else contexts
         if template.name not in contexts:
@@ -133,6 +138,21 @@ class TemplateRenderer:
             return "".join(template.blocks[block](contexts[template.name])).strip()
         except jinja2.UndefinedError as error:
             raise TemplateError(f"{template.name} [{block}]: {error.message}") from error
+
+    def _literal_text(self, template: jinja2.Template, block: str) -> str | None:
+        """The block's text when it is nothing but text (no variable, filter or tag), else None."""
+        key = (template.name or "", block)
+        if key not in self._literal:
+            self._literal[key] = None
+            source = self.env.loader.get_source(self.env, template.name)[0] if self.env.loader else ""
+            for node in self.env.parse(source).find_all(jinja2.nodes.Block):
+                if node.name == block and all(
+                    isinstance(child, jinja2.nodes.Output)
+                    and all(isinstance(part, jinja2.nodes.TemplateData) for part in child.nodes)
+                    for child in node.body
+                ):
+                    self._literal[key] = "".join(template.blocks[block](template.new_context({}))).strip()
+        return self._literal[key]
 
     def words(self, locale: str) -> dict[str, str]:
         """The vocabulary of a locale: every ``_words.j2`` block along the chain, the most

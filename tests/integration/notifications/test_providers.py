@@ -72,6 +72,34 @@ async def test_smtp_replies_are_sorted_into_retry_later_and_give_up(tmp_path: Pa
         await nobody.send("a@leaseline.example", "b@example.fr", MESSAGE)
 
 
+async def test_an_smtp_server_refusing_our_credentials_is_retried_and_never_blamed_on_the_recipient(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from aiosmtpd.smtp import SMTP, AuthResult
+
+    class Handler:
+        async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+            return "250 OK"
+
+    def refuse(server: object, session: object, envelope: object, mechanism: str, auth_data: object) -> AuthResult:
+        return AuthResult(success=False, handled=False)
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: SMTP(Handler(), authenticator=refuse, auth_required=True, auth_require_tls=False, loop=loop),
+        "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = SmtpPool("127.0.0.1", port, size=1, username="leaseline", password="rotated-yesterday")
+    try:
+        with caplog.at_level(logging.ERROR), pytest.raises(TransientFailure, match="535"):
+            await pool.send("a@leaseline.example", "b@example.fr", MESSAGE)
+        assert any(getattr(r, "alert", None) == "operator" for r in caplog.records), "an operator is told"
+    finally:
+        await pool.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_the_official_twilio_client_sends_through_the_sink(tmp_path: Path) -> None:
     async with TwilioSink(tmp_path, auth_token="secret") as sink:
         sms = TwilioSms(account_sid=SID, auth_token="secret", from_number="+15005550006", base_url=sink.base_url)
