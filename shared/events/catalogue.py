@@ -157,6 +157,18 @@ class CustomerAccessEnded(AddressedEvent):
     reason: Literal["no_running_contract", "terms_rejected", "closed_by_administrator"]
 
 
+class CustomerAccessRestored(AddressedEvent):
+    """A customer whose access had ended has a running contract again: the portal is open to them
+    once more (they sign in anew: sessions ended with the access stay ended)."""
+
+    event_type = "customer.access_restored"
+    subject_field = "customer_id"
+    customer_id: CustomerId
+    contract_number: str | None = Field(
+        default=None, description="The running contract that gave access back (None: not known here yet)"
+    )
+
+
 class OrganisationUserInvited(AddressedEvent):
     """A user administrator (or the service desk) created a colleague's account: the sealed link lets
     the colleague choose a password and activate it."""
@@ -481,6 +493,7 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     DeviceAuthorised,
     RegistrationCodeIssued,
     CustomerAccessEnded,
+    CustomerAccessRestored,
     OrganisationUserInvited,
     ContractLinkRequested,
     ContractOpened,

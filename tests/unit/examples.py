@@ -51,6 +51,7 @@ def example_events() -> list[c.Event]:
             code=c.RegistrationCodeIssued.seal(RING, "code", "654321"), code_expires_at=AT + timedelta(minutes=10),
         ),
         c.CustomerAccessEnded(customer_id="cus_jeanne", reason="no_running_contract", **JEANNE),
+        c.CustomerAccessRestored(customer_id="cus_jeanne", contract_number="FR-2026-004512", **JEANNE),
         c.OrganisationUserInvited(
             user_id="usr_pieter", email="pieter.devries@example.nl", locale="nl-NL", first_name="Pieter",
             organisation_id="org_garage_west", organisation_name="Garage West", role="adviser",

@@ -20,6 +20,7 @@ from shared.events import (
     ContractLinkVerified,
     ContractOpened,
     CustomerAccessEnded,
+    CustomerAccessRestored,
 )
 from shared.messaging import Delivery
 from shared.storage import StoredDocument
@@ -236,12 +237,21 @@ async def restore_access(ctx: Identity, customer_number: str) -> int:
         if doc is None or doc.state["status"] != rules.ACCESS_ENDED:
             continue
         status = doc.state.get("access_ended_from") or rules.ACTIVE
+        event = CustomerAccessRestored(customer_id=doc.id, contract_number=await _a_running_contract(ctx, customer_number),
+                                       **addressed(doc.state))
         await ctx.stores.accounts.update(
-            doc, doc.state | {"status": status, "access_ended_at": None, "access_restored_at": ctx.now()}
+            doc, doc.state | {"status": status, "access_ended_at": None, "access_restored_at": ctx.now()},
+            [ctx.envelope(event)],
         )
         log.info("access restored by a running contract", extra={"customer_id": doc.id})
         restored += 1
     return restored
+
+
+async def _a_running_contract(ctx: Identity, customer_number: str) -> str | None:
+    customer = await ctx.stores.customers.get(customer_number)
+    running = [c["number"] for c in (customer.state.get("contracts", []) if customer else []) if c.get("running")]
+    return next((number for number in running if not number.startswith("unseen-")), None)
 
 
 async def _access_has_ended(ctx: Identity, customer_number: str) -> bool:

@@ -126,6 +126,7 @@ MESSAGES: tuple[MessageSpec, ...] = (
     MessageSpec("customer.registration_code_issued",  "registration_code",          SMS,        T, NOW,   None, "code_expires_at"),
     MessageSpec("device.authorised",                  "new_device",                 EMAIL,      T, NOW,   portal("/security/devices")),
     MessageSpec("customer.access_ended",              "access_ended",               EMAIL,      T, NOW),
+    MessageSpec("customer.access_restored",           "access_restored",            EMAIL,      T, NOW,   portal("/login")),
     MessageSpec("contract.nearing_end",               "lease_end_decision",         EMAIL,      T, NOW,   portal("/contracts/{contract_number}/end-of-lease"), when={"milestone": "decision_6_months"}),
     MessageSpec("contract.nearing_end",               "lease_end_return",           EMAIL,      T, NOW,   portal("/contracts/{contract_number}/return"), when={"milestone": "return_3_weeks"}),
     MessageSpec("appointment.booked",                 "appointment_confirmation",   EMAIL,      T, NOW,   portal("/contracts/{contract_number}/return")),

@@ -13,6 +13,7 @@ import pytest
 
 from services.identity.service_layer.contracts import end_expired_access
 from shared.events import (
+    CustomerAccessRestored,
     ContractClosed,
     ContractLinkRejected,
     ContractLinkRequested,
@@ -390,6 +391,8 @@ async def test_a_new_running_contract_gives_access_back_to_a_customer_whose_acce
         return (await identity.account(who["email"]))["status"] == "active"
 
     await eventually(restored, 20, "access given back by the new lease")
+    (told,) = await identity.events(CustomerAccessRestored, customer_id=who["customer_id"])
+    assert told.contract_number == f"{customer_number}-L2" and told.email == who["email"], "the customer is told"
     again = await login(identity, who)
     assert again.status_code == 200 and again.json()["status"] == "device_authorisation_required"
 

@@ -177,6 +177,7 @@ EXPECTED_LINKS: dict[tuple[str, str], str | None] = {
     ("customer.device_code_issued", "device_code"): None,
     ("device.authorised", "new_device"): f"{PORTAL}/security/devices",
     ("customer.access_ended", "access_ended"): None,
+    ("customer.access_restored", "access_restored"): f"{PORTAL}/login",
     ("contract.nearing_end", "lease_end_decision"): f"{PORTAL}/contracts/FR-LOA-0042/end-of-lease",
     ("contract.nearing_end", "lease_end_return"): f"{PORTAL}/contracts/FR-LOA-0042/return",
     ("appointment.booked", "appointment_confirmation"): f"{PORTAL}/contracts/FR-LOA-0042/return",
