@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
@@ -16,6 +18,7 @@ class InvalidPhone(ValueError):
     pass
 
 
+@functools.lru_cache(maxsize=8192)  # the same few addresses sign in again and again; checking costs
 def normalise_email(raw: str) -> str:
     """Trimmed, syntax-checked, local part and domain lower-cased (IDN domains in their ASCII form).
 

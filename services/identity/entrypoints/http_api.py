@@ -106,7 +106,7 @@ def build_api(app: FastAPI, ctx: Identity, settings: IdentitySettings) -> None:
 
     app.add_middleware(Correlated)
 
-    def caller(request: Request) -> Caller:
+    async def caller(request: Request) -> Caller:  # async: FastAPI runs a plain def in a thread
         address = request.client.host if request.client else "unknown"
         if settings.trust_forwarded_for:
             address = client_address(address, request.headers.getlist("x-forwarded-for"), settings.trusted_proxy_hops)
