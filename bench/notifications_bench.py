@@ -217,11 +217,13 @@ async def backbone_consume_rate(bootstrap: str, mongodb_uri: str, base: Notifica
 
 
 async def _until(condition: Any, timeout: float) -> None:
+    # Every figure comes from the arrival times the SMTP server wrote down, not from when this
+    # loop notices: it looks every 0.2 s, so as not to take CPU from the service it measures.
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError("the benchmark did not complete in time")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
 
 
 if __name__ == "__main__":
