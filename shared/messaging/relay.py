@@ -100,6 +100,8 @@ class OutboxRelay:
         self._sent: OrderedDict[str, None] = OrderedDict()
         self._wake = asyncio.Event()
         self.after_publish: Callable[[], Awaitable[None]] | None = None  # a seam for fault-injection tests
+        #: Called after each sweep with how many events it found stored and not yet relayed.
+        self.on_sweep: Callable[[int], None] | None = None
 
     def add_collection(self, name: str) -> None:
         if name not in self._collections:
@@ -148,10 +150,13 @@ class OutboxRelay:
             self._handed.clear()  # the sweep finds them too
             self._next_sweep = loop.time() + self._sweep_s
             try:
-                return sum([await self._sweep(name) for name in self._collections])
+                found = [await self._sweep(name) for name in self._collections]
             except BaseException:
                 self._next_sweep = 0.0  # the sweep did not finish: again on the next pass
                 raise
+            if self.on_sweep is not None:
+                self.on_sweep(sum(waiting for waiting, _ in found))
+            return sum(sent for _, sent in found)
         total = 0
         for name in list(self._handed):
             handed = list(self._handed.pop(name).values())
@@ -166,7 +171,8 @@ class OutboxRelay:
                     raise
         return total
 
-    async def _sweep(self, name: str) -> int:
+    async def _sweep(self, name: str) -> tuple[int, int]:
+        """(events found waiting, events sent) in one collection."""
         docs = await self._db[name].find(
             {PENDING: {"$gt": 0}}, projection={OUTBOX: True, VERSION: True, PENDING: True}, limit=self._batch_max
         ).to_list()
@@ -176,7 +182,8 @@ class OutboxRelay:
         if stale:  # a counter left behind by an interrupted write: nothing to send
             await self._db[name].update_many({"_id": {"$in": stale}, OUTBOX: {"$size": 0}}, {"$set": {PENDING: 0}})
         outboxes = [_Outbox(doc["_id"], doc.get(VERSION, 0), doc[OUTBOX]) for doc in docs if doc.get(OUTBOX)]
-        return await self._send(name, outboxes) if outboxes else 0
+        waiting = sum(len(outbox.entries) for outbox in outboxes)
+        return waiting, (await self._send(name, outboxes) if outboxes else 0)
 
     async def _send(self, name: str, outboxes: Sequence[_Outbox]) -> int:
         entries = [entry for outbox in outboxes for entry in outbox.entries if entry["id"] not in self._sent]
@@ -204,10 +211,3 @@ class OutboxRelay:
             for entry in entries:
                 self._metrics.relayed.labels(self._metrics.service, entry["topic"]).inc()
         return len(entries)
-
-    async def backlog(self) -> int:
-        total = 0
-        for name in self._collections:
-            async for doc in self._db[name].find({PENDING: {"$gt": 0}}, projection={PENDING: True}):
-                total += doc.get(PENDING, 0)
-        return total

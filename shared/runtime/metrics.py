@@ -47,7 +47,8 @@ class Metrics:
             registry=self.registry,
         )
         self.outbox_backlog = Gauge(
-            "leaseline_outbox_backlog", "Events stored but not yet relayed to Kafka", ["service"],
+            "leaseline_outbox_backlog", "Events stored but not yet relayed to Kafka, as the relay's last sweep found them",
+            ["service"],
             registry=self.registry,
         )
         self.relayed = Counter(

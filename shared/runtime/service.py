@@ -119,9 +119,10 @@ class ServiceRuntime:
         for consumer in self._consumers:
             consumer.subscribe(self.broker)
         await self.broker.start()
-        await self.refresh_backlog()  # what earlier processes left, before the relay sends it
+        # The relay's sweeps (the first at once) tell what they found waiting: the backlog gauge
+        # costs no read of its own (on FerretDB v1 a whole-collection read, every time).
+        self.relay.on_sweep = self.metrics.outbox_backlog.labels(self.metrics.service).set
         self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
-        self._tasks.append(asyncio.create_task(self._watch_backlog(), name="outbox-backlog"))
         self._started = True
         log.info("service started", extra={"consumers": [c.group_id for c in self._consumers]})
 
@@ -168,19 +169,6 @@ class ServiceRuntime:
                     raise RuntimeError(f"store at {self.settings.mongodb_uri} unreachable: {error}") from error
                 log.warning("store not reachable yet; retrying", extra={"error": str(error)})
                 await asyncio.sleep(1.0)
-
-    async def refresh_backlog(self) -> None:
-        """Set the outbox backlog gauge from the store (left as it was if the store does not answer)."""
-        try:
-            self.metrics.outbox_backlog.labels(self.metrics.service).set(await self.relay.backlog())
-        except Exception as error:
-            log.warning("outbox backlog not measured", extra={"error": f"{type(error).__name__}: {error}"})
-
-    async def _watch_backlog(self) -> None:
-        while True:
-            # A whole-collection read on FerretDB v1 (see shared.messaging.relay): not too often.
-            await asyncio.sleep(self.settings.relay_sweep_s)
-            await self.refresh_backlog()
 
     # --- operations endpoints ---------------------------------------------------------------
 
