@@ -340,14 +340,21 @@ async def test_a_customer_number_already_held_by_a_login_is_not_linked_to_a_seco
     assert await identity.runtime.db["accounts"].count_documents({"customer_number": customer_number}) == 1
 
 
-async def test_a_customer_number_registered_belgian_style_is_not_linked_to_another_login(identity: Harness) -> None:
+async def belgian_customer_texted_a_code(identity: Harness, mobile: str) -> tuple[str, RegistrationCodeIssued]:
+    """A new Belgian customer number with a lease and a mobile on file, and the code texted to it."""
     customer_number = f"BE-{uuid.uuid4().hex[:6]}"
-    await identity.publish(contract_opened(customer_number, f"{customer_number}-L1", mobile_on_file="+32470123457"))
+    await identity.publish(contract_opened(customer_number, f"{customer_number}-L1", mobile_on_file=mobile))
     await eventually(lambda: identity.runtime.db["customer_numbers"].find_one({"_id": customer_number}), 20,
                      "contract.opened consumed")
+    await identity.http().post("/v1/registrations/customer-number-codes",
+                               json={"customer_number": customer_number, "locale": "nl-BE"})
+    (texted,) = await identity.events(RegistrationCodeIssued, customer_number=customer_number)
+    return customer_number, texted
+
+
+async def test_a_customer_number_registered_belgian_style_is_not_linked_to_another_login(identity: Harness) -> None:
+    customer_number, issued = await belgian_customer_texted_a_code(identity, "+32470123457")
     http = identity.http()
-    await http.post("/v1/registrations/customer-number-codes", json={"customer_number": customer_number, "locale": "nl-BE"})
-    (issued,) = await identity.events(RegistrationCodeIssued, customer_number=customer_number)
     lotte = {"first_name": "Lotte", "last_name": "Peeters", "email": f"lotte.{customer_number.lower()}@example.be",
              "password": STRONG, "locale": "nl-BE", "terms_version": "BE-2026-01", "terms_accepted": True,
              "customer_number": customer_number, "code": unseal(identity, issued, "code"),
@@ -455,13 +462,8 @@ async def test_belgian_registration_starts_from_the_customer_number_and_a_texted
 
 
 async def test_a_customer_number_another_login_took_meanwhile_cannot_be_registered_again(identity: Harness) -> None:
-    customer_number = f"BE-{uuid.uuid4().hex[:6]}"
-    await identity.publish(contract_opened(customer_number, f"{customer_number}-L1", mobile_on_file="+32470123400"))
-    await eventually(lambda: identity.runtime.db["customer_numbers"].find_one({"_id": customer_number}), 20,
-                     "contract.opened consumed")
+    customer_number, texted = await belgian_customer_texted_a_code(identity, "+32470123400")
     http = identity.http()
-    await http.post("/v1/registrations/customer-number-codes", json={"customer_number": customer_number, "locale": "nl-BE"})
-    (texted,) = await identity.events(RegistrationCodeIssued, customer_number=customer_number)
     holder = await register_and_activate(identity, "Wout Peeters")
     # Meanwhile a link verdict gave the number to another login (the claim it records):
     await identity.runtime.db["customer_numbers"].update_one(
