@@ -18,6 +18,8 @@ from typing import Any, Generic, TypeVar
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, OperationFailure
 
+from shared.storage.mongo import is_duplicate_write_error
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -84,10 +86,9 @@ class InsertBatcher(GroupCommit[dict[str, Any], bool]):
             await self._collection.insert_many(documents, ordered=False)
         except BulkWriteError as error:
             for write_error in error.details.get("writeErrors", []):
-                message = str(write_error.get("errmsg", ""))
-                duplicate = write_error.get("code") == 11000 or "duplicate key" in message.lower()
                 outcomes[write_error["index"]] = (
-                    False if duplicate else OperationFailure(message, write_error.get("code"))
+                    False if is_duplicate_write_error(write_error)
+                    else OperationFailure(str(write_error.get("errmsg", "")), write_error.get("code"))
                 )
         return outcomes
 

@@ -6,7 +6,7 @@ indexes. Expiry is enforced in code by comparing with the injected clock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,3 +59,8 @@ def is_duplicate_key(error: Exception) -> bool:
     if isinstance(error, OperationFailure):
         return error.code == 11000 or "duplicate key" in str(error).lower()
     return False
+
+
+def is_duplicate_write_error(write_error: Mapping[str, Any]) -> bool:
+    """The same, for one entry of a bulk write's ``writeErrors``."""
+    return write_error.get("code") == 11000 or "duplicate key" in str(write_error.get("errmsg", "")).lower()

@@ -28,11 +28,11 @@ from typing import Any
 
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError, OperationFailure
+from pymongo.errors import BulkWriteError
 
 from services.identity.domain.ratelimits import Limit, Window
 from shared.storage.batching import GroupCommit
-from shared.storage.mongo import is_duplicate_key
+from shared.storage.mongo import is_duplicate_write_error
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class _FirstUses(GroupCommit[tuple[str, datetime], dict[str, Any]]):
             # Another replica created some of these counters at the same moment: those upserts
             # lost the race and counted nothing; counted again, they find the counter and add to it.
             failed = error.details.get("writeErrors", [])
-            if not failed or not all(_duplicate(e) for e in failed):
+            if not failed or not all(is_duplicate_write_error(e) for e in failed):
                 raise
             await self._collection.bulk_write([increments[e["index"]] for e in failed], ordered=False)
         counters = {doc["_id"]: doc for doc in await self._collection.find({"_id": {"$in": list(per_key)}}).to_list()}
@@ -180,7 +180,3 @@ class _FirstUses(GroupCommit[tuple[str, datetime], dict[str, Any]]):
             seen[key] += 1
             outcomes.append({**counter, "count": counter["count"] - per_key[key] + seen[key]})
         return outcomes
-
-
-def _duplicate(write_error: dict[str, Any]) -> bool:
-    return is_duplicate_key(OperationFailure(str(write_error.get("errmsg", "")), write_error.get("code")))
