@@ -107,20 +107,13 @@ class OutboxRelay:
         if name not in self._collections:
             self._collections.append(name)
 
-    def wake(
-        self,
-        collection: str | None = None,
-        doc_id: str | None = None,
-        version: int | None = None,
-        outbox: list[dict[str, Any]] | None = None,
-    ) -> None:
+    def wake(self, collection: str, doc_id: str, version: int, outbox: list[dict[str, Any]]) -> None:
         """Called after a write that stored events: ``outbox`` is ``doc_id``'s whole outbox at ``version``."""
-        if collection is not None and doc_id is not None and version is not None and outbox:
-            docs = self._handed.setdefault(collection, {})
-            known = docs.get(doc_id)
-            if known is None or known.version < version:  # a later write's outbox covers an earlier one's
-                docs.pop(doc_id, None)
-                docs[doc_id] = _Outbox(doc_id, version, list(outbox))
+        docs = self._handed.setdefault(collection, {})
+        known = docs.get(doc_id)
+        if known is None or known.version < version:  # a later write's outbox covers an earlier one's
+            docs.pop(doc_id, None)
+            docs[doc_id] = _Outbox(doc_id, version, list(outbox))
         self._wake.set()
 
     async def run(self) -> None:
