@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Iterable, Sequence
@@ -38,6 +39,17 @@ from shared.storage.documents import DocumentStore, outbox_entry
 from shared.storage.mongo import IndexSpec, connect, ensure_indexes
 
 log = logging.getLogger(__name__)
+
+
+def freeze_startup_objects() -> None:
+    """Take what start-up built (modules, models, routes, templates: some 90,000 objects) out of the
+    garbage collector's sight, once per process. They live as long as it does, yet every full
+    collection walked them all: 55 to 105 ms with the event loop stopped, measured in the backbone
+    and notifications benchmarks, where it made the latency tail; after the freeze, 7 to 14 ms. The
+    garbage left so far is collected first, so that none of it is kept for good."""
+    if gc.get_freeze_count() == 0:
+        gc.collect()
+        gc.freeze()
 
 
 class ServiceRuntime:
@@ -124,6 +136,7 @@ class ServiceRuntime:
         self.relay.on_sweep = self.metrics.outbox_backlog.labels(self.metrics.service).set
         self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
         self._started = True
+        freeze_startup_objects()
         log.info("service started", extra={"consumers": [c.group_id for c in self._consumers]})
 
     async def stop(self) -> None:
