@@ -115,7 +115,10 @@ class RateLimiter:
             ordered=False,
         )
         for key, known in pending.items():
+            # Now in the store: counted there, not twice, and not zero times either while the
+            # read-back below is on its way (a use meanwhile must see them).
             known.unsynced -= written[key]
+            known.stored += written[key]
         fresh = {doc["_id"]: doc for doc in await self._counters.find({"_id": {"$in": list(pending)}}).to_list()}
         for key, known in pending.items():
             doc = fresh.get(key)

@@ -49,6 +49,25 @@ async def test_uses_counted_in_memory_reach_the_store_and_the_other_replicas(lim
     assert (await counters.hit("d", HOURLY, now)).count == 8, "what the replica counted is seen after a sync"
 
 
+async def test_a_use_while_a_sync_reads_the_counts_back_sees_every_use_before_it(limiter: Any) -> None:
+    """Between writing its increments and reading the counts back, a sync must not leave the
+    counter short of what it wrote: a use then would slip one past the limit."""
+    counters, db = limiter
+    now = datetime.now(UTC)
+    for _ in range(3):
+        await counters.hit("g", HOURLY, now)
+    seen_meanwhile = []
+    read_back = db["rate_limits"].find
+
+    def find(*args: Any, **kwargs: Any) -> Any:
+        seen_meanwhile.append(asyncio.get_running_loop().create_task(counters.hit("g", HOURLY, now)))
+        return read_back(*args, **kwargs)
+
+    counters._counters.find = find  # the moment the increments are written, before the read-back
+    await counters.sync()
+    assert (await seen_meanwhile[0]).count == 4
+
+
 async def test_uses_are_synced_by_themselves_and_at_close(limiter: Any) -> None:
     counters, db = limiter
     fast = RateLimiter(db["rate_limits"], sync_s=0.05)
