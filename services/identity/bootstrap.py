@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from services.identity.adapters.hashing import PasswordHasher
 from services.identity.adapters.signing import (
     AccessTokens,
+    KeyWatch,
     load_or_create_key,
     read_configured_pem,
     retire_previous_keys,
@@ -48,14 +49,19 @@ class IdentityRuntime(ServiceRuntime):
             keep_for=timedelta(seconds=ACCESS_TOKEN_TTL_MAX_S),
         )
         self.identity.tokens.use(key, previous=previous)
-        self._sweep = asyncio.create_task(sweep_forever(self.identity, settings.access_sweep_interval_s), name="access-sweep")
+        watch = KeyWatch(self.identity.tokens, self.identity.stores.keys, self.identity.keyring, self.clock,
+                         keep_for=timedelta(seconds=ACCESS_TOKEN_TTL_MAX_S), interval_s=settings.signing_keys_refresh_s)
+        self.identity.key_watch = watch
+        self._background = [
+            asyncio.create_task(sweep_forever(self.identity, settings.access_sweep_interval_s), name="access-sweep"),
+            asyncio.create_task(watch.run(), name="signing-key-watch"),
+        ]
 
     async def stop(self) -> None:
-        sweep = getattr(self, "_sweep", None)
-        if sweep is not None:
-            sweep.cancel()
+        for task in getattr(self, "_background", []):
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sweep
+                await task
         with contextlib.suppress(Exception):  # at worst a fraction of a second of counting is lost
             await self.identity.stores.limiter.close()
         await super().stop()

@@ -52,6 +52,9 @@ class IdentitySettings(ServiceSettings):
         default=200, ge=0, description="Registration, reset and resend answer no sooner than this (equal timing)"
     )
     access_sweep_interval_s: float = Field(default=3600.0, gt=0)
+    signing_keys_refresh_s: float = Field(
+        default=30.0, gt=0, description="How often an instance reads again the signing keys other instances use"
+    )
 
     def lockout_policy(self) -> LockoutPolicy:
         return LockoutPolicy(

@@ -14,10 +14,12 @@ tokens it signed live out their lifetime.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from services.identity.domain.errors import Refusal
+from shared.clock import Clock
 from shared.crypto import Keyring, SealError
 from shared.storage import ConcurrencyConflict, DocumentStore
 from shared.storage.mongo import is_duplicate_key
@@ -130,9 +133,9 @@ def _public_key(record: dict[str, Any], keyring: Keyring) -> SigningKey:
 
 async def retire_previous_keys(
     *, current: SigningKey, store: DocumentStore, keyring: Keyring, now: datetime, keep_for: timedelta
-) -> list[tuple[SigningKey, datetime]]:
+) -> list[tuple[SigningKey, datetime | None]]:
     """Record ``current`` as the key that signs, retire those that signed before it, and return the
-    retired keys whose tokens may still be alive, each with the moment it stops being accepted.
+    other keys whose tokens are still accepted (see :func:`other_keys`).
 
     Several instances starting at once record and retire the same way: a lost race is reloaded."""
     own_id = f"{VERIFICATION_KEY}:{current.kid}"
@@ -150,33 +153,38 @@ async def retire_previous_keys(
             break
         except ConcurrencyConflict:
             continue
-    previous = []
     others = await store.collection.find({"kind": VERIFICATION_KEY, "kid": {"$ne": current.kid}}, {"_id": 1}).to_list()
     for raw in others:
         doc = await store.get(raw["_id"])
-        if doc is None:
-            continue
-        retired_at = doc.state["retired_at"]
-        if retired_at is None:
+        if doc is not None and doc.state["retired_at"] is None:
             try:
-                doc = await store.update(doc, doc.state | {"retired_at": now})
-                retired_at = now
+                await store.update(doc, doc.state | {"retired_at": now})
             except ConcurrencyConflict:  # another instance retired it at this moment
-                reloaded = await store.get(doc.id)
-                retired_at = reloaded.state["retired_at"] if reloaded else None
-                if retired_at is None:
-                    continue
-        until = retired_at + keep_for
-        if now >= until:
+                pass
+    return await other_keys(current_kid=current.kid, store=store, keyring=keyring, now=now, keep_for=keep_for)
+
+
+async def other_keys(
+    *, current_kid: str, store: DocumentStore, keyring: Keyring, now: datetime, keep_for: timedelta
+) -> list[tuple[SigningKey, datetime | None]]:
+    """The keys besides ours whose tokens are accepted: each retired one until ``keep_for`` after its
+    retirement, and, with no end (None), one another instance signs with right now (a rolling
+    restart onto a new key: instances still on the old one must verify, and publish, the new one)."""
+    accepted: list[tuple[SigningKey, datetime | None]] = []
+    records = await store.collection.find({"kind": VERIFICATION_KEY, "kid": {"$ne": current_kid}}).to_list()
+    for record in records:
+        retired_at = record.get("retired_at")
+        until = retired_at + keep_for if retired_at is not None else None
+        if until is not None and now >= until:
             continue
         try:
-            previous.append((_public_key(doc.state, keyring), until))
+            accepted.append((_public_key(record, keyring), until))
         except (SealError, KeyError, ValueError) as error:  # ValueError: a JWK that is not a key
             # Not sealed by our keyring (tampered, or sealed with a key since removed from
             # EVENT_SECRET_KEYS): its tokens are refused, which is the safe side.
-            log.warning("a previous signing key could not be unsealed: its tokens are refused",
-                        extra={"kid": doc.state.get("kid"), "error": type(error).__name__})
-    return previous
+            log.warning("a signing key of the store could not be unsealed: its tokens are refused",
+                        extra={"kid": record.get("kid"), "error": type(error).__name__})
+    return accepted
 
 
 class AccessTokens:
@@ -190,12 +198,30 @@ class AccessTokens:
         self._keys: dict[str, SigningKey] = {}
         self._retired_until: dict[str, datetime] = {}
 
-    def use(self, key: SigningKey, *, previous: Iterable[tuple[SigningKey, datetime]] = ()) -> None:
-        """Sign with ``key``; also accept (and publish) each previous key until its moment passes."""
+    def use(self, key: SigningKey, *, previous: Iterable[tuple[SigningKey, datetime | None]] = ()) -> None:
+        """Sign with ``key``; also accept (and publish) each other key until its moment passes
+        (None: until further notice)."""
         previous = [(k, until) for k, until in previous if k.kid != key.kid]
         self._current = key
         self._keys = {key.kid: key, **{k.kid: k for k, _ in previous}}
-        self._retired_until = {k.kid: until for k, until in previous}
+        self._retired_until = {k.kid: until for k, until in previous if until is not None}
+
+    def accept_others(self, others: Iterable[tuple[SigningKey, datetime | None]]) -> None:
+        """Replace the other keys accepted (see :func:`other_keys`); ours keeps signing."""
+        if self._current is None:
+            raise RuntimeError("signing key not loaded yet")
+        self.use(self._current, previous=others)
+
+    @property
+    def current_kid(self) -> str | None:
+        return self._current.kid if self._current else None
+
+    def knows(self, token: str) -> bool:
+        """Whether the token names a key id this instance has heard of (accepted or not)."""
+        try:
+            return str(jwt.get_unverified_header(token).get("kid")) in self._keys
+        except jwt.PyJWTError:
+            return True  # not even a token: learning more keys will not help
 
     @property
     def ready(self) -> bool:
@@ -250,3 +276,48 @@ class AccessTokens:
         if stamp + 60 < claims.get("nbf", claims["iat"]):
             raise invalid
         return claims
+
+
+class KeyWatch:
+    """Keeps an instance's list of accepted keys in step with the store while it runs.
+
+    In a rolling restart onto a new key, the instances already on it sign with it while the others
+    still run: those must verify its tokens (a client's next call may reach any instance) and
+    publish it at their JWKS endpoint (other services may fetch it from any instance). So every
+    instance reads the keys again every ``interval_s``, and at once (at most every
+    ``min_interval_s``) when a token names a key it has never heard of."""
+
+    def __init__(self, tokens: AccessTokens, store: DocumentStore, keyring: Keyring, clock: Clock, *,
+                 keep_for: timedelta, interval_s: float, min_interval_s: float = 5.0) -> None:
+        self._tokens = tokens
+        self._store = store
+        self._keyring = keyring
+        self._clock = clock
+        self._keep_for = keep_for
+        self.interval_s = interval_s
+        self._min_interval_s = min_interval_s
+        self._last = float("-inf")
+
+    async def refresh(self) -> None:
+        current = self._tokens.current_kid
+        if current is None:
+            return
+        self._last = time.monotonic()
+        self._tokens.accept_others(await other_keys(
+            current_kid=current, store=self._store, keyring=self._keyring, now=self._clock.now(), keep_for=self._keep_for))
+
+    async def learn_key_of(self, token: str) -> None:
+        """Before verifying ``token``: read the keys again if it names one unknown here (not too often:
+        a made-up key id must not become a way to make us read the store)."""
+        if not self._tokens.knows(token) and time.monotonic() - self._last >= self._min_interval_s:
+            await self.refresh()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("signing keys could not be read again; trying at the next interval")

@@ -122,6 +122,8 @@ def build_api(app: FastAPI, ctx: Identity, settings: IdentitySettings) -> None:
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise Refusal("unauthenticated", "send an access token: Authorization: Bearer <token>", 401,
                           headers={"WWW-Authenticate": "Bearer"})
+        if ctx.key_watch is not None:
+            await ctx.key_watch.learn_key_of(credentials.credentials)
         claims = ctx.tokens.verify(credentials.credentials, ctx.now())
         session = await ctx.stores.sessions.get(str(claims["sid"]))
         account = await ctx.stores.accounts.get(str(claims["sub"]))

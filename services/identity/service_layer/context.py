@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from services.identity.adapters.hashing import PasswordHasher
 from services.identity.adapters.ratelimiter import counter_key
-from services.identity.adapters.signing import AccessTokens
+from services.identity.adapters.signing import AccessTokens, KeyWatch
 from services.identity.adapters.stores import Stores
 from services.identity.domain.errors import Refusal
 from services.identity.domain.lockout import LockoutPolicy
@@ -48,6 +48,8 @@ class Identity:
     refresh_ttl: timedelta
     source: str = "identity"
     answer_floor_s: float = 0.2
+    #: Set at start: learns the keys other instances sign with (see KeyWatch).
+    key_watch: KeyWatch | None = None
     #: Rarely changing documents this process read, with when to read them again (see sessions).
     remembered: dict[str, tuple[float, Any]] = field(default_factory=dict)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from datetime import timedelta
@@ -211,3 +212,46 @@ async def test_after_a_key_rotation_tokens_signed_with_the_old_key_stay_valid_un
         assert [k["kid"] for k in jwks["keys"]] == ["key-2026-12"]
     finally:
         await stop_harness(again)
+
+
+async def test_in_a_rolling_restart_onto_a_new_key_the_instances_still_on_the_old_one_accept_and_publish_it(
+    infra: Infrastructure,
+) -> None:
+    """Instance A still signs with the old key while B, restarted, signs with the new one: a client
+    signed in at B may call A next, and other services may fetch the JWKS from A."""
+    clock = ShiftableClock()
+    old_settings = identity_settings(infra, jwt_private_key_pem=SecretStr(_pem()), jwt_key_id="key-old",
+                                     signing_keys_refresh_s=0.3)
+    new_settings = old_settings.model_copy(update={"jwt_private_key_pem": SecretStr(_pem()), "jwt_key_id": "key-new"})
+    instances = []
+    try:
+        for settings in (old_settings, new_settings):
+            runtime = build(settings, clock=clock)
+            await runtime.start()
+            instances.append(Harness(runtime, settings, clock, infra))
+        a, b = instances
+        who = await register_and_activate(a, "Maëlle Perrin")
+        signed_at_b = (await login(b, who)).json()
+        assert jwt.get_unverified_header(signed_at_b["access_token"])["kid"] == "key-new"
+        assert (await a.http().get("/v1/me", headers=bearer(signed_at_b))).status_code == 200, \
+            "A learns the new key from the first token naming it"
+        signed_at_a = (await login(a, who)).json()
+        assert (await b.http().get("/v1/me", headers=bearer(signed_at_a))).status_code == 200, "and B accepts the old one"
+
+        # A JWKS reader that never sends A a token learns the new key within the refresh interval.
+        a.runtime.identity.tokens.accept_others([])  # as if A had never heard of it
+        assert {k["kid"] for k in (await a.http().get("/.well-known/jwks.json")).json()["keys"]} == {"key-old"}
+        for _ in range(50):
+            published = {k["kid"] for k in (await a.http().get("/.well-known/jwks.json")).json()["keys"]}
+            if published == {"key-old", "key-new"}:
+                break
+            await asyncio.sleep(0.1)
+        assert published == {"key-old", "key-new"}
+
+        forged = jwt.encode({"sub": "x", "sid": "y"}, ed25519.Ed25519PrivateKey.generate(), algorithm="EdDSA",
+                            headers={"kid": "key-nobody-has"})
+        refused = await a.http().get("/v1/me", headers={"authorization": f"Bearer {forged}"})
+        assert refused.json()["error"]["code"] == "access_token_invalid"
+    finally:
+        for harness in reversed(instances):
+            await stop_harness(harness, keep_data=harness is not instances[0])

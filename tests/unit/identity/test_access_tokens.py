@@ -59,3 +59,37 @@ def test_the_current_key_never_expires_even_if_once_listed_as_previous() -> None
     signer = tokens()
     signer.use(key, previous=[(key, NOON)])  # back to a key that was retired
     assert signer.verify(signer.issue(CLAIMS, NOON + timedelta(days=1)), NOON + timedelta(days=1))
+
+
+async def test_a_token_naming_an_unknown_key_makes_an_instance_read_the_keys_again_but_not_at_every_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A made-up key id must not become a way to make identity read its store at will."""
+    from services.identity.adapters import signing
+
+    ours, theirs = generate_key(), generate_key()
+    verifier = tokens()
+    verifier.use(ours)
+    reads: list[str] = []
+
+    async def other_keys(*, current_kid: str, **_: object) -> list[tuple[signing.SigningKey, None]]:
+        reads.append(current_kid)
+        return [(theirs, None)]
+
+    monkeypatch.setattr(signing, "other_keys", other_keys)
+
+    class Clock:
+        def now(self) -> datetime:
+            return NOON
+
+    watch = signing.KeyWatch(verifier, None, None, Clock(), keep_for=timedelta(hours=1), interval_s=30)  # type: ignore[arg-type]
+    signer = tokens()
+    signer.use(theirs)
+    token = signer.issue(CLAIMS, NOON)
+    await watch.learn_key_of(verifier.issue(CLAIMS, NOON))
+    assert reads == [], "a token of a known key reads nothing"
+    await watch.learn_key_of(token)
+    assert reads == [ours.kid] and verifier.verify(token, NOON)["sub"] == "cus_1"
+    signer.use(generate_key())
+    await watch.learn_key_of(signer.issue(CLAIMS, NOON))
+    assert reads == [ours.kid], "another unknown key within 5 s reads nothing more"
