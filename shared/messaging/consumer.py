@@ -140,7 +140,7 @@ class _Batch:
 MAX_POLL_INTERVAL_MS = 300_000
 BATCH_BUDGET_S = MAX_POLL_INTERVAL_MS / 1000 / 3
 #: Records parked by a batch that was then given up, so that reading it again does not park them
-#: twice; forgotten at the next commit (nothing before it is read again by this process).
+#: twice; forgotten once committed (nothing before a commit is read again by this process).
 _PARKED_MEMORY = 10_000
 
 DeadLetterSink = Callable[[str, bytes | None, bytes | None, dict[str, str]], Awaitable[None]]
@@ -163,6 +163,8 @@ class EventConsumer:
         self._batch_budget_s = batch_budget_s
         self._aborts_in_a_row = 0
         self._parked_uncommitted: dict[tuple[str, int, int], None] = {}
+        self._committing: asyncio.Task[None] | None = None
+        self._stopping = False
         self._settings = settings
         self._metrics = metrics
         self._clock = clock or SystemClock()
@@ -241,13 +243,43 @@ class EventConsumer:
             await self._sleep(self._settings.consumer_backoff_max_s)
             return
         self._aborts_in_a_row = 0
+        previous = self._committing
+        self._committing = asyncio.create_task(self._commit(message, records, after=previous), name="offset-commit")
+        if self._stopping:  # the last batch before the consumer closes: its commit must land first
+            await self.settle()
+
+    async def _commit(self, message: Any, records: Sequence[ConsumerRecord[Any, Any]], *,
+                      after: asyncio.Task[None] | None) -> None:
+        """Commit the offsets after ``records``, once the commit of the batch before has landed.
+
+        In the background: a commit is a round trip to the broker that took 40 % of a consumer's
+        cycle under load (7 ms of 18 at 900 events/s), and the next batch need not wait for it. The
+        offsets are named, not "whatever was read": the next batch is read meanwhile. Commits land
+        in order; one that fails (a rebalance took the partitions away) means the records are
+        delivered again, to idempotent handlers."""
+        if after is not None:
+            await asyncio.wait([after])
+        offsets: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
         try:
-            await message.ack()
-        except Exception:  # a rebalance took the partitions away: the new owner re-reads; harmless
+            await message.consumer.commit(offsets)
+        except Exception:
             log.warning("offset commit failed; records will be delivered again", exc_info=True)
-        else:
-            self._parked_uncommitted.clear()
+            return
+        for key in [k for k in self._parked_uncommitted if k[2] < offsets.get(TopicPartition(k[0], k[1]), -1)]:
+            del self._parked_uncommitted[key]
         self._record_lag(message, records, done=True)
+
+    def stopping(self) -> None:
+        """From now on each batch's commit is awaited before its handling ends (graceful stop)."""
+        self._stopping = True
+
+    async def settle(self) -> None:
+        """Wait for the commits under way."""
+        if self._committing is not None:
+            await asyncio.wait([self._committing])
 
     async def process(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
         """Handle or park every record: one lane per key, in order, lanes concurrently. Raises

@@ -148,7 +148,11 @@ class ServiceRuntime:
                 await task
         self._tasks.clear()
         # FastStream waits for running handlers (graceful_timeout), then cancels them; a
-        # cancelled batch is not committed (see shared.messaging.consumer).
+        # cancelled batch is not committed (see shared.messaging.consumer). Commits run in the
+        # background: the last ones land before the Kafka consumer closes.
+        for consumer in self._consumers:
+            consumer.stopping()
+            await consumer.settle()
         await self.broker.stop()
         await self.mongo.close()
         log.info("service stopped")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 from pymongo.errors import AutoReconnect, ServerSelectionTimeoutError
 
@@ -221,16 +221,19 @@ async def test_a_message_the_dead_letter_topic_refuses_even_truncated_fails_the_
 
 
 class FakeBatch:
-    """A FastStream batch message: its records, and whether it was committed or rewound."""
+    """A FastStream batch message (and its Kafka consumer): its records, and whether it was
+    committed (with which offsets) or rewound."""
 
     def __init__(self, records: list[ConsumerRecord[Any, Any]], highwater: int = 0) -> None:
         self.raw_message = tuple(records)
         self.calls: list[str] = []
+        self.committed: dict[Any, int] = {}
         self.consumer = self
         self._highwater = highwater
 
-    async def ack(self) -> None:
+    async def commit(self, offsets: dict[Any, int]) -> None:
         self.calls.append("commit")
+        self.committed = offsets
 
     async def nack(self) -> None:
         self.calls.append("rewind")
@@ -305,6 +308,7 @@ async def test_pauses_grow_while_the_outage_lasts_and_reset_once_a_batch_goes_th
     down = False
     ok = FakeBatch([record(activated())])
     await h.consumer.handle_batch(ok)
+    await h.consumer.settle()
     assert ok.calls == ["commit"]
     down = True
     await h.consumer.handle_batch(FakeBatch([record(activated())]))
@@ -324,6 +328,7 @@ async def test_other_transient_failures_are_still_retried_in_place_and_the_batch
 
     batch = FakeBatch([record(activated())])
     await h.consumer.handle_batch(batch)
+    await h.consumer.settle()
     assert calls == 2 and batch.calls == ["commit"] and h.parked == []
 
 
@@ -371,6 +376,7 @@ async def test_a_record_parked_by_a_batch_given_up_is_not_parked_twice_when_the_
     down = False
     again = FakeBatch(records)
     await h.consumer.handle_batch(again)
+    await h.consumer.settle()
     assert h.reasons() == ["undecodable"], "parked once"
     assert h.seen == ["cus_2"] and again.calls == ["commit"]
 
@@ -388,6 +394,7 @@ async def test_lag_is_measured_when_a_batch_is_fetched_and_again_once_it_is_comm
         lags.append(lag())
 
     await h.consumer.handle_batch(FakeBatch([record(activated(), 10), record(activated(), 11)], highwater=20))
+    await h.consumer.settle()
     assert lags == [10, 10], "while the batch runs: from its first record to the end of the partition"
     assert lag() == 8, "once committed: after its last record"
 
@@ -450,3 +457,48 @@ async def test_the_parked_line_carries_the_event_and_correlation_ids() -> None:
         logger.removeHandler(lines)
     parked = [line for line in lines.lines if line["message"] == "message parked"]
     assert [(p.get("event_id"), p.get("correlation_id")) for p in parked] == [(envelope.id, "req_7"), ("x", None)]
+
+
+class SlowCommits(FakeBatch):
+    """A batch whose commit takes ``delay`` seconds; every commit is logged, in the order it lands."""
+
+    def __init__(self, records: list[ConsumerRecord[Any, Any]], delay: float, landed: list[dict[Any, int]]) -> None:
+        super().__init__(records)
+        self._delay = delay
+        self._landed = landed
+
+    async def commit(self, offsets: dict[Any, int]) -> None:
+        await asyncio.sleep(self._delay)
+        self._landed.append(offsets)
+
+
+async def test_the_next_batch_is_handled_while_the_commit_of_the_one_before_is_under_way_and_commits_land_in_order(
+) -> None:
+    h = Harness()
+
+    @h.consumer.on(CustomerActivated)
+    async def handle(event: CustomerActivated, delivery: Delivery) -> None:
+        h.seen.append(event.customer_id)
+
+    landed: list[dict[Any, int]] = []
+    slow = SlowCommits([record(activated("cus_1"), 10), record(activated("cus_2"), 12)], 0.3, landed)
+    fast = SlowCommits([record(activated("cus_3"), 13)], 0.0, landed)
+    await asyncio.wait_for(h.consumer.handle_batch(slow), 0.2)  # does not wait for its commit
+    await asyncio.wait_for(h.consumer.handle_batch(fast), 0.2)
+    assert h.seen == ["cus_1", "cus_2", "cus_3"] and landed == []
+    await h.consumer.settle()
+    partition = TopicPartition(TOPIC, 0)
+    assert landed == [{partition: 13}, {partition: 14}], "the offsets after each batch, the older first"
+
+
+async def test_once_stopping_a_batch_is_done_only_when_its_commit_has_landed() -> None:
+    h = Harness()
+
+    @h.consumer.on(CustomerActivated)
+    async def handle(event: CustomerActivated, delivery: Delivery) -> None:
+        pass
+
+    landed: list[dict[Any, int]] = []
+    h.consumer.stopping()
+    await h.consumer.handle_batch(SlowCommits([record(activated(), 5)], 0.1, landed))
+    assert landed == [{TopicPartition(TOPIC, 0): 6}]
