@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 #: How many acknowledged event ids the relay remembers (an id forgotten is at worst sent again).
 SENT_REMEMBERED = 20_000
+#: Outboxes emptied per command. FerretDB v1 serves one command at a time and empties about one
+#: outbox per 0.26 ms: 200 per command held every write and read behind them for 50 ms. With 40,
+#: the backbone's p99 at 850 events/s was 73-95 ms in five runs, against 90-257 ms in five with 200.
+EMPTIED_PER_COMMAND = 40
 
 
 class Publisher(Protocol):
@@ -195,9 +199,9 @@ class OutboxRelay:
         for version, ids in by_version.items():
             # Emptied only where the version is still the one sent: a write since then added events
             # that this pass did not send, and its own hand-over (or the sweep) sends them all.
-            for start in range(0, len(ids), 200):
+            for start in range(0, len(ids), EMPTIED_PER_COMMAND):
                 await self._db[name].update_many(
-                    {"_id": {"$in": ids[start : start + 200]}, VERSION: version},
+                    {"_id": {"$in": ids[start : start + EMPTIED_PER_COMMAND]}, VERSION: version},
                     {"$set": {OUTBOX: [], PENDING: 0}},
                 )
         if self._metrics is not None:
