@@ -42,6 +42,11 @@ class IdentitySettings(ServiceSettings):
     rate_account_sends_per_hour: int = Field(default=5, ge=1)
     rate_address_checks_per_5min: int = Field(default=60, ge=1)
     rate_account_checks_per_15min: int = Field(default=30, ge=1)
+    client_cert_header: str = Field(
+        default="",
+        description="Header in which the TLS-terminating proxy forwards the SHA-256 fingerprint of the client "
+        "certificate it verified (replacing any the client sent); empty: client certificates are not used",
+    )
     trust_forwarded_for: bool = Field(default=False, description="Behind a trusted proxy: client address from X-Forwarded-For")
     trusted_proxy_hops: int = Field(
         default=1, ge=1, description="How many proxies of ours append to X-Forwarded-For: the client is the entry "

@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from services.identity.domain import accounts as rules
 from services.identity.domain.errors import FieldProblem, Refusal
 from services.identity.entrypoints import http_schemas as s
+from services.identity.adapters.certificates import fingerprint_from_header
 from services.identity.service_layer import administration, contracts, devices, passwords, registration, sessions
 from services.identity.service_layer.administration import Actor, Person
 from services.identity.service_layer.context import Caller, Identity
@@ -66,6 +67,7 @@ class Principal:
     roles: tuple[str, ...]
     organisation_id: str | None
     state: dict[str, Any]
+    amr: list[str]  # how this session's sign-in was proven (pwd, otp, device, x509)
 
     @property
     def actor(self) -> Actor:
@@ -114,6 +116,8 @@ def build_api(app: FastAPI, ctx: Identity, settings: IdentitySettings) -> None:
             correlation_id=getattr(request.state, "request_id", uuid.uuid4().hex),
             address=address,
             user_agent=request.headers.get("user-agent", "")[:200],
+            client_certificate=fingerprint_from_header(request.headers.get(settings.client_cert_header))
+            if settings.client_cert_header else None,
         )
 
     async def principal(
@@ -136,7 +140,7 @@ def build_api(app: FastAPI, ctx: Identity, settings: IdentitySettings) -> None:
             raise Refusal("session_ended", "this session has ended: sign in again", 401,
                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
         return Principal(account.id, session.id, account.state["kind"], tuple(account.state.get("roles", [])),
-                         account.state.get("organisation_id"), account.state)
+                         account.state.get("organisation_id"), account.state, list(session.state.get("amr", [])))
 
     Who = Annotated[Principal, Depends(principal)]
     Asker = Annotated[Caller, Depends(caller)]
@@ -280,6 +284,12 @@ def build_api(app: FastAPI, ctx: Identity, settings: IdentitySettings) -> None:
         if not await devices.forget_device(ctx, p.account_id, device_id):
             raise Refusal("not_found", "no such device", 404)
         return Response(status_code=204)
+
+    @v1.post("/me/client-certificates", status_code=201, response_model=s.CertificateRegistered, tags=["me"])
+    async def register_certificate(body: s.CertificateBody, p: Who, who: Asker) -> dict[str, Any]:
+        """Register a personal client certificate (PEM): signing in with it then replaces the device code.
+        Only from a device already authorised; it is listed, and forgotten, with the devices."""
+        return await devices.register_certificate(ctx, who, p.account_id, p.amr, body.certificate_pem, body.label)
 
     @v1.post("/me/device-challenges", response_model=s.DeviceChallenge, tags=["me"])
     async def authorise_this_device(p: Who, who: Asker) -> dict[str, Any]:

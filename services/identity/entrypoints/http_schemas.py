@@ -213,6 +213,18 @@ class SessionItem(BaseModel):
     current: bool
 
 
+class CertificateBody(BaseModel):
+    certificate_pem: str = Field(min_length=1, max_length=20_000, description="The certificate (not its key), PEM")
+    label: str | None = Field(default=None, max_length=200)
+
+
+class CertificateRegistered(BaseModel):
+    device_id: str
+    fingerprint_sha256: str
+    subject: str
+    not_after: datetime
+
+
 class DeviceItem(BaseModel):
     device_id: str
     label: str

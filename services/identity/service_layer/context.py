@@ -33,6 +33,8 @@ class Caller:
     correlation_id: str
     address: str = "unknown"
     user_agent: str = ""
+    #: The SHA-256 of the client certificate the TLS proxy verified, when it forwards one.
+    client_certificate: str | None = None
 
 
 @dataclass

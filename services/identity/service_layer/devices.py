@@ -1,9 +1,11 @@
-"""Device authorisation: an unknown device proves itself with a 6-digit code sent by text or email."""
+"""Device authorisation: an unknown device proves itself with a 6-digit code sent by text or email,
+or with a personal client certificate its owner registered from a device already authorised."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from services.identity.adapters.certificates import NotACertificate, device_id_of, parse_certificate
 from services.identity.domain import accounts as rules
 from services.identity.domain import codes, tokens
 from services.identity.domain.errors import Refusal
@@ -203,3 +205,67 @@ async def forget_all_devices(ctx: Identity, account_id: str) -> None:
     raws = await ctx.stores.devices.collection.find({"account_id": account_id, "revoked_at": None}, {"_id": 1}).to_list()
     for raw in raws:
         await forget_device(ctx, account_id, raw["_id"])
+
+
+#: Sessions whose device was authorised: by a code, as a remembered device, or by a certificate.
+DEVICE_PROVEN = frozenset({"otp", "device", "x509"})
+
+
+async def register_certificate(ctx: Identity, caller: Caller, account_id: str, session_amr: list[str],
+                               pem: str, label: str | None) -> dict[str, Any]:
+    """Bind a personal client certificate to the account: from then on, signing in with it replaces
+    the code. Only from a device already authorised (else a stolen password would be enough to
+    register the thief's certificate), and told to the owner like any new device."""
+    account = await ctx.stores.accounts.get(account_id)
+    assert account is not None
+    if not rules.needs_device_authorisation(account.state):
+        raise Refusal("not_applicable", "this account signs in without device authorisation: no certificate is needed", 409)
+    if not DEVICE_PROVEN.intersection(session_amr):
+        raise Refusal("device_not_authorised", "authorise this device first (POST /v1/me/device-challenges)", 403)
+    try:
+        cert = parse_certificate(pem)
+    except NotACertificate as error:
+        raise Refusal("validation_failed", str(error), 422) from None
+    now = ctx.now()
+    if not cert.not_before <= now < cert.not_after:
+        raise Refusal("certificate_not_valid_now", f"this certificate is valid from {cert.not_before.isoformat()} "
+                      f"until {cert.not_after.isoformat()}", 422)
+    device_id = device_id_of(cert.sha256)
+    existing = await ctx.stores.devices.get(device_id)
+    if existing is not None and existing.state["revoked_at"] is None:
+        raise Refusal("certificate_registered", "this certificate is registered already", 409)
+    label = (label or f"client certificate {cert.subject}")[:200]
+    state = {
+        "account_id": account.id, "label": label, "remembered": True, "token_hash": None, "channel": "x509",
+        "certificate_sha256": cert.sha256, "certificate_subject": cert.subject,
+        "certificate_not_after": cert.not_after, "authorised_at": now, "last_used_at": now, "revoked_at": None,
+    }
+    event = ctx.envelope(DeviceAuthorised(customer_id=account.id, **addressed(account.state), device_id=device_id,
+                                          device_label=label, remembered=True), caller)
+    if existing is None:
+        await ctx.stores.devices.create(device_id, state, [event])
+    else:  # revoked before (by this owner or another): registered afresh
+        await ctx.stores.devices.update(existing, state, [event])
+    return {"device_id": device_id, "fingerprint_sha256": cert.sha256, "subject": cert.subject,
+            "not_after": cert.not_after}
+
+
+async def recognise_certificate(ctx: Identity, account_id: str, sha256: str | None) -> str | None:
+    """The device id of the certificate the client presented, if it is this account's and valid now."""
+    if sha256 is None:
+        return None
+    device = await ctx.stores.devices.get(device_id_of(sha256))
+    now = ctx.now()
+    if (
+        device is None
+        or device.state["account_id"] != account_id
+        or device.state.get("certificate_sha256") != sha256
+        or now >= device.state["certificate_not_after"]
+        or not codes.remembered_device_usable(device.state, now)  # forgotten, or 180 days unused
+    ):
+        return None
+    try:
+        await ctx.stores.devices.update(device, device.state | {"last_used_at": now})
+    except ConcurrencyConflict:
+        pass
+    return device.id

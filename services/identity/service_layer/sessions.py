@@ -191,9 +191,12 @@ async def after_password(ctx: Identity, caller: Caller, account: StoredDocument,
         from services.identity.service_layer import devices
 
         device_id = await devices.recognise(ctx, account.id, device_token)
-        if device_id is None:
-            return await devices.start_challenge(ctx, caller, account, purpose="login")
-        return await open_session(ctx, caller, account, device_id=device_id, amr=["pwd", "device"])
+        if device_id is not None:
+            return await open_session(ctx, caller, account, device_id=device_id, amr=["pwd", "device"])
+        device_id = await devices.recognise_certificate(ctx, account.id, caller.client_certificate)
+        if device_id is not None:
+            return await open_session(ctx, caller, account, device_id=device_id, amr=["pwd", "x509"])
+        return await devices.start_challenge(ctx, caller, account, purpose="login")
     return await open_session(ctx, caller, account, device_id=None, amr=["pwd"])
 
 
