@@ -10,7 +10,7 @@ from services.identity.domain import accounts as rules
 from services.identity.domain import codes, tokens
 from services.identity.domain.errors import Refusal
 from services.identity.service_layer.context import Caller, Identity, addressed, retrying
-from shared.events import DeviceAuthorised, DeviceCodeIssued
+from shared.events import DeviceAuthorised, DeviceCodeIssued, Envelope
 from shared.storage import ConcurrencyConflict, StoredDocument
 
 
@@ -27,11 +27,16 @@ async def recognise(ctx: Identity, account_id: str, device_token: str | None) ->
         return None
     if not codes.remembered_device_usable(device.state, ctx.now()):
         return None
+    return await _used_now(ctx, device)
+
+
+async def _used_now(ctx: Identity, device: StoredDocument) -> str:
+    """Record that a remembered device was used (its 180 days start again); returns its id."""
     try:
         await ctx.stores.devices.update(device, device.state | {"last_used_at": ctx.now()})
     except ConcurrencyConflict:
         pass  # a concurrent sign-in from the same device refreshed it already
-    return device_id
+    return device.id
 
 
 async def start_challenge(ctx: Identity, caller: Caller, account: StoredDocument, *, purpose: str,
@@ -138,33 +143,31 @@ async def verify_code(ctx: Identity, caller: Caller, challenge_token: str, code:
         raise outcome.refusal
 
     challenge, account = await retrying(check)
-    now = ctx.now()
     device_id = challenge.state["device_id"]
     label = (label or caller.user_agent or "unnamed device")[:200]
     secret = tokens.new_secret() if remember else None
-    event = DeviceAuthorised(
-        customer_id=account.id, **addressed(account.state), device_id=device_id, device_label=label, remembered=remember
-    )
-    await ctx.stores.devices.create(
-        device_id,
-        {
-            "account_id": account.id,
-            "label": label,
-            "remembered": remember,
-            "token_hash": tokens.hash_secret(secret) if secret else None,
-            "channel": challenge.state.get("channel"),
-            "authorised_at": now,
-            "last_used_at": now,
-            "revoked_at": None,
-        },
-        [ctx.envelope(event, caller)],
-    )
+    state, event = authorised_device(ctx, caller, account, device_id, label, remembered=remember,
+                                     token_hash=tokens.hash_secret(secret) if secret else None,
+                                     channel=challenge.state.get("channel"))
+    await ctx.stores.devices.create(device_id, state, [event])
     if challenge.state.get("replaces_session"):
         await revoke_session(ctx, challenge.state["replaces_session"], "device_authorised", owner=account.id)
     response = await open_session(ctx, caller, account, device_id=device_id, amr=["pwd", "otp"])
     if secret:
         response["device_token"] = tokens.compound(device_id, secret)
     return response
+
+
+def authorised_device(ctx: Identity, caller: Caller, account: StoredDocument, device_id: str, label: str, *,
+                      remembered: bool, token_hash: str | None, channel: str | None,
+                      **extra: Any) -> tuple[dict[str, Any], Envelope]:
+    """A device just authorised, as stored, and the event that tells its owner."""
+    now = ctx.now()
+    state = {"account_id": account.id, "label": label, "remembered": remembered, "token_hash": token_hash,
+             "channel": channel, **extra, "authorised_at": now, "last_used_at": now, "revoked_at": None}
+    event = DeviceAuthorised(customer_id=account.id, **addressed(account.state), device_id=device_id,
+                             device_label=label, remembered=remembered)
+    return state, ctx.envelope(event, caller)
 
 
 async def list_devices(ctx: Identity, account_id: str) -> list[dict[str, Any]]:
@@ -235,13 +238,9 @@ async def register_certificate(ctx: Identity, caller: Caller, account_id: str, s
     if existing is not None and existing.state["revoked_at"] is None:
         raise Refusal("certificate_registered", "this certificate is registered already", 409)
     label = (label or f"client certificate {cert.subject}")[:200]
-    state = {
-        "account_id": account.id, "label": label, "remembered": True, "token_hash": None, "channel": "x509",
-        "certificate_sha256": cert.sha256, "certificate_subject": cert.subject,
-        "certificate_not_after": cert.not_after, "authorised_at": now, "last_used_at": now, "revoked_at": None,
-    }
-    event = ctx.envelope(DeviceAuthorised(customer_id=account.id, **addressed(account.state), device_id=device_id,
-                                          device_label=label, remembered=True), caller)
+    state, event = authorised_device(ctx, caller, account, device_id, label, remembered=True, token_hash=None,
+                                     channel="x509", certificate_sha256=cert.sha256,
+                                     certificate_subject=cert.subject, certificate_not_after=cert.not_after)
     if existing is None:
         await ctx.stores.devices.create(device_id, state, [event])
     else:  # revoked before (by this owner or another): registered afresh
@@ -264,8 +263,4 @@ async def recognise_certificate(ctx: Identity, account_id: str, sha256: str | No
         or not codes.remembered_device_usable(device.state, now)  # forgotten, or 180 days unused
     ):
         return None
-    try:
-        await ctx.stores.devices.update(device, device.state | {"last_used_at": now})
-    except ConcurrencyConflict:
-        pass
-    return device.id
+    return await _used_now(ctx, device)
