@@ -153,8 +153,10 @@ async def retire_previous_keys(
             break
         except ConcurrencyConflict:
             continue
-    others = await store.collection.find({"kind": VERIFICATION_KEY, "kid": {"$ne": current.kid}}, {"_id": 1}).to_list()
-    for raw in others:
+    signing_elsewhere = await store.collection.find(
+        {"kind": VERIFICATION_KEY, "kid": {"$ne": current.kid}, "retired_at": None}, {"_id": 1}
+    ).to_list()
+    for raw in signing_elsewhere:
         doc = await store.get(raw["_id"])
         if doc is not None and doc.state["retired_at"] is None:
             try:
@@ -294,7 +296,7 @@ class KeyWatch:
         self._keyring = keyring
         self._clock = clock
         self._keep_for = keep_for
-        self.interval_s = interval_s
+        self._interval_s = interval_s
         self._min_interval_s = min_interval_s
         self._last = float("-inf")
 
@@ -314,7 +316,7 @@ class KeyWatch:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval_s)
+            await asyncio.sleep(self._interval_s)
             try:
                 await self.refresh()
             except asyncio.CancelledError:
