@@ -18,9 +18,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pymongo import AsyncMongoClient
 
+from bench.cleanup import remove_run
 from shared.events import CustomerActivated, Envelope
 from shared.messaging import Delivery
-from shared.messaging.topics import TopicKeeper
+from shared.messaging.topics import TopicKeeper, delete_namespace
 from shared.runtime.service import ServiceRuntime
 from shared.settings import ServiceSettings
 
@@ -28,7 +29,8 @@ WRITERS = 16
 
 
 async def kafka_raw(bootstrap: str, messages: int = 20_000) -> dict[str, float]:
-    topic = f"bench{uuid.uuid4().hex[:8]}.raw"
+    namespace = f"bench{uuid.uuid4().hex[:8]}."
+    topic = f"{namespace}raw"
     await TopicKeeper(bootstrap, 3, 1).ensure([topic])
     payload = os.urandom(1024)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
@@ -48,6 +50,7 @@ async def kafka_raw(bootstrap: str, messages: int = 20_000) -> dict[str, float]:
             seen += len(records)
     consume_s = time.perf_counter() - started
     await consumer.stop()
+    await delete_namespace(bootstrap, namespace)
     return {"kafka_produce_msgs_per_s": messages / produce_s, "kafka_consume_msgs_per_s": messages / consume_s}
 
 
@@ -155,9 +158,8 @@ async def backbone(
             latencies = sorted(await bench.steady(peak / 2, steady_s))
     finally:
         await bench.runtime.stop()
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_uri)
-    await client.drop_database(bench.settings.mongodb_database)
-    await client.close()
+        await remove_run(bootstrap, mongodb_uri, topic_namespace=bench.settings.topic_namespace,
+                         database=bench.settings.mongodb_database)
     if not latencies:
         return {"backbone_peak_events_per_s": peak}
     return {

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from pymongo import AsyncMongoClient
 
 from bench.backbone_bench import backbone
+from bench.cleanup import remove_run
 from services.notifications.bootstrap import build
 from services.notifications.domain.planning import delivery_id
 from services.notifications.settings import NotificationSettings
@@ -173,9 +173,8 @@ async def measure(kafka_bootstrap: str, mongodb_uri: str) -> dict[str, Any]:
     results["idempotent_consume_per_s"] = idempotent
     results["share_of_idempotent_consume"] = results["peak_emails_per_s"] / idempotent
     results["events"] = PEAK_EVENTS
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_uri)
-    await client.drop_database(settings.mongodb_database)
-    await client.close()
+    await remove_run(kafka_bootstrap, mongodb_uri, topic_namespace=settings.topic_namespace,
+                     database=settings.mongodb_database)
     results["target_emails_per_s_met"] = results["peak_emails_per_s"] >= TARGETS["emails_per_s"]
     results["target_share_met"] = results["share_of_backbone"] >= TARGETS["share_of_backbone"]
     results["target_p99_met"] = results["steady_p99_ms"] < TARGETS["p99_ms"]

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
+from shared.messaging.topics import delete_namespace
 from shared.settings import ServiceSettings
 
 
@@ -138,18 +139,10 @@ async def drop_database(mongodb_uri: str, name: str) -> None:
 
 
 async def delete_topics(bootstrap: str, namespace: str) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     try:
-        await admin.start()
-        mine = [topic for topic in await admin.list_topics() if topic.startswith(namespace)]
-        if mine:
-            await admin.delete_topics(mine)
+        await delete_namespace(bootstrap, namespace)
     except Exception as error:  # cleanup only: a test does not fail for it, but it is not silent
         warnings.warn(f"could not delete the topics of {namespace}: {error!r}", stacklevel=1)
-    finally:
-        await admin.close()
 
 
 @pytest.fixture

@@ -96,6 +96,25 @@ async def ensure_topics(
         await admin.close()
 
 
+async def delete_namespace(bootstrap_servers: str, namespace: str) -> list[str]:
+    """Delete every topic whose name starts with ``namespace``; returns those deleted.
+
+    For whatever lives in a namespace of its own for a while (a test, a benchmark run): a broker
+    that keeps them all carries thousands of idle partitions, and pays for them in heap, in start
+    time and in periodic housekeeping that steals CPU from whatever runs next."""
+    if not namespace:
+        raise ValueError("refusing to delete every topic: give the namespace to delete")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=30_000)
+    await admin.start()
+    try:
+        mine = [topic for topic in await admin.list_topics() if topic.startswith(namespace)]
+        if mine:
+            await admin.delete_topics(mine)
+        return mine
+    finally:
+        await admin.close()
+
+
 class TopicCreationRefused(RuntimeError):
     """The broker refused to create topics (bad name, too many partitions, policy, ...)."""
 

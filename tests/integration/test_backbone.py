@@ -28,7 +28,14 @@ from shared.events import CustomerActivated, Envelope
 from shared.events.registry import dead_letter_topic, topic_for
 from shared.messaging import Delivery, PermanentError
 from shared.messaging.dead_letters import read_parked, replay
-from shared.messaging.topics import TopicCreationRefused, TopicSpec, declared_topics, ensure_topics, specs_for
+from shared.messaging.topics import (
+    TopicCreationRefused,
+    TopicSpec,
+    declared_topics,
+    delete_namespace,
+    ensure_topics,
+    specs_for,
+)
 from shared.runtime.service import ServiceRuntime
 from shared.settings import ServiceSettings
 from shared.storage import ConcurrencyConflict
@@ -463,6 +470,38 @@ async def test_the_whole_catalogue_is_created_explicitly_with_dead_letter_topics
         topic = topic_for(event_type, settings.topic_namespace)
         assert topic in topics and dead_letter_topic(topic) in topics
     assert len(described[0]["partitions"]) == settings.topic_partitions
+
+
+async def test_deleting_a_namespace_deletes_its_topics_and_no_other(settings: ServiceSettings) -> None:
+    mine = [f"{settings.topic_namespace}a.one", f"{settings.topic_namespace}b.two"]
+    neighbour = f"{settings.topic_namespace.rstrip('.')}x.three"  # shares the prefix up to the dot
+    await ensure_topics(settings.kafka_bootstrap_servers, [TopicSpec(t, 1, 60_000) for t in [*mine, neighbour]])
+    try:
+        deleted = await delete_namespace(settings.kafka_bootstrap_servers, settings.topic_namespace)
+        assert sorted(deleted) == sorted(mine)
+
+        async def remaining() -> set[str]:
+            admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+            await admin.start()
+            try:
+                return {t for t in await admin.list_topics() if t.startswith(settings.topic_namespace.rstrip("."))}
+            finally:
+                await admin.close()
+
+        left: set[str] = set()
+        for _ in range(50):  # deletion is asynchronous on the broker's side
+            left = await remaining()
+            if left == {neighbour}:
+                break
+            await asyncio.sleep(0.2)
+        assert left == {neighbour}
+    finally:
+        await delete_namespace(settings.kafka_bootstrap_servers, neighbour)
+
+
+async def test_deleting_every_topic_at_once_is_refused() -> None:
+    with pytest.raises(ValueError, match="namespace"):
+        await delete_namespace("127.0.0.1:1", "")
 
 
 def samples(metrics_text: str, name: str, **labels: str) -> list[float]:
