@@ -193,7 +193,10 @@ func expectsNoReply(msg []byte) bool {
 		binary.LittleEndian.Uint32(msg[16:20])&flagMoreToCome != 0
 }
 
-func serveProxy(listener net.Listener, upstream string, logger *slog.Logger) {
+// dialer opens a connection to FerretDB itself.
+type dialer func() (net.Conn, error)
+
+func serveProxy(listener net.Listener, upstream dialer, logger *slog.Logger) {
 	for {
 		client, err := listener.Accept()
 		if err != nil {
@@ -207,8 +210,8 @@ func serveProxy(listener net.Listener, upstream string, logger *slog.Logger) {
 	}
 }
 
-func proxyConnection(client net.Conn, upstream string, logger *slog.Logger) {
-	server, err := net.Dial("tcp", upstream)
+func proxyConnection(client net.Conn, upstream dialer, logger *slog.Logger) {
+	server, err := upstream()
 	if err != nil {
 		logger.Warn("cannot reach embedded FerretDB", "error", err)
 		_ = client.Close()

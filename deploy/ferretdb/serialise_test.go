@@ -93,7 +93,8 @@ func startProxy(t *testing.T, upstream string) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = listener.Close() })
-	go serveProxy(listener, upstream, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	dialUpstream := func() (net.Conn, error) { return net.Dial("tcp", upstream) }
+	go serveProxy(listener, dialUpstream, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	return listener.Addr().String()
 }
 
