@@ -58,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
             for name, value in figures.items():
                 print(f"  {name:<40} {value:>12.3f}" if isinstance(value, float) else f"  {name:<40} {value!s:>12}")
     finally:
+        from bench.cleanup import delete_topics_left  # once the repository is on the path
+
+        try:
+            asyncio.run(delete_topics_left())
+        except Exception as error:  # cleanup only: the figures are still written
+            print(f"could not delete the benchmark topics: {error!r}", file=sys.stderr)
         for component in started:
             component.stop()  # type: ignore[attr-defined]
     RESULTS.mkdir(exist_ok=True)

@@ -18,10 +18,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pymongo import AsyncMongoClient
 
-from bench.cleanup import remove_run
+from bench.cleanup import remove_run, topics_to_delete_later
 from shared.events import CustomerActivated, Envelope
 from shared.messaging import Delivery
-from shared.messaging.topics import TopicKeeper, delete_namespace
+from shared.messaging.topics import TopicKeeper
 from shared.runtime.service import ServiceRuntime
 from shared.settings import ServiceSettings
 
@@ -50,7 +50,7 @@ async def kafka_raw(bootstrap: str, messages: int = 20_000) -> dict[str, float]:
             seen += len(records)
     consume_s = time.perf_counter() - started
     await consumer.stop()
-    await delete_namespace(bootstrap, namespace)
+    topics_to_delete_later(bootstrap, namespace)
     return {"kafka_produce_msgs_per_s": messages / produce_s, "kafka_consume_msgs_per_s": messages / consume_s}
 
 

@@ -128,10 +128,3 @@ async def measure(kafka_bootstrap: str, mongodb_uri: str, *, rounds: int = 12, s
         await remove_run(kafka_bootstrap, mongodb_uri, topic_namespace=settings.topic_namespace,
                          database=settings.mongodb_database)
 
-
-if __name__ == "__main__":
-    import json
-    import os
-
-    print(json.dumps(asyncio.run(measure(os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092"),
-                                         os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27027/"))), indent=2))

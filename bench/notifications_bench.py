@@ -224,10 +224,3 @@ async def _until(condition: Any, timeout: float) -> None:
             raise TimeoutError("the benchmark did not complete in time")
         await asyncio.sleep(0.2)
 
-
-if __name__ == "__main__":
-    import json
-
-    figures = asyncio.run(measure(os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092"),
-                                  os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27027/")))
-    print(json.dumps(figures, indent=2))
