@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,47 @@ class CaughtMail:
     def html(self) -> str:
         part = self.parsed().get_body(preferencelist=("html",))
         return part.get_content() if part is not None else ""
+
+
+# <local@domain> made only of characters that need no quoting (RFC 5321 dot-atoms): what every
+# sender we know writes. Anything else (quoted local parts, comments, a missing bracket) goes
+# through the full parser, as in aiosmtpd.
+_PLAIN_ANGLE_ADDR = re.compile(r"<([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+)>(.*)", re.DOTALL)
+
+
+def _dot_atoms(address: str) -> bool:
+    """Both halves of ``local@domain`` are dot-atoms: no empty atom between, before or after dots."""
+    return all(atom for part in address.split("@") for atom in part.split("."))
+
+
+class _CatcherSMTP(SMTP):
+    """aiosmtpd's session, with a cheaper reading of MAIL FROM and RCPT TO addresses.
+
+    aiosmtpd 1.4 parses them with the email package's RFC 5322 header parser, and declares a
+    typing Protocol class inside the method at every call (for its type checker only): a fifth of
+    the catcher's CPU per message in the notifications benchmark, where the catcher shares two
+    cores with the service it measures. Same answers (``tests/unit/test_smtp_catcher.py``)."""
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        if not arg:
+            return "", ""
+        plain = _PLAIN_ANGLE_ADDR.match(arg.lstrip())
+        rest = plain.group(2).lstrip(" \t") if plain is not None else ""
+        if plain is not None and _dot_atoms(plain.group(1)) and not rest.startswith("("):
+            addr = plain.group(1)  # the parser also skips the blanks after ">" (and comments: slow path)
+        else:
+            try:
+                if arg.lstrip().startswith("<"):
+                    address, rest = get_angle_addr(arg)
+                else:
+                    address, rest = get_addr_spec(arg)
+            except HeaderParseError:
+                return None, None
+            addr = address.addr_spec
+        localpart = addr.rpartition("@")[0]
+        if self.local_part_limit and len(localpart) > self.local_part_limit:
+            return None, None
+        return addr, rest
 
 
 class _Handler:
@@ -81,7 +125,7 @@ class SmtpCatcher:
         return self
 
     def _protocol(self) -> SMTP:
-        session = SMTP(_Handler(self), hostname="leaseline-smtp-catcher", enable_SMTPUTF8=True,
+        session = _CatcherSMTP(_Handler(self), hostname="leaseline-smtp-catcher", enable_SMTPUTF8=True,
                        loop=asyncio.get_running_loop())
         self._sessions.add(session)
         return session
