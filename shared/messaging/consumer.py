@@ -220,7 +220,7 @@ class EventConsumer:
     async def handle_batch(self, message: Any) -> None:
         """Handle or park every record of a FastStream batch message, then commit it."""
         records: tuple[ConsumerRecord[Any, Any], ...] = message.raw_message
-        self._record_lag(message, records, done=False)
+        self._record_lag(message, _first_not_done(records, done=False))
         try:
             await self.process(records)
         except asyncio.CancelledError:
@@ -259,10 +259,7 @@ class EventConsumer:
         delivered again, to idempotent handlers."""
         if after is not None:
             await asyncio.wait([after])
-        offsets: dict[TopicPartition, int] = {}
-        for record in records:
-            tp = TopicPartition(record.topic, record.partition)
-            offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+        offsets = _first_not_done(records, done=True)
         try:
             await message.consumer.commit(offsets)
         except Exception:
@@ -270,7 +267,7 @@ class EventConsumer:
             return
         for key in [k for k in self._parked_uncommitted if k[2] < offsets.get(TopicPartition(k[0], k[1]), -1)]:
             del self._parked_uncommitted[key]
-        self._record_lag(message, records, done=True)
+        self._record_lag(message, offsets)
 
     def stopping(self) -> None:
         """From now on each batch's commit is awaited before its handling ends (graceful stop)."""
@@ -452,23 +449,27 @@ class EventConsumer:
         """For tests of the routing logic without a broker."""
         self._dead_letters = sink
 
-    def _record_lag(self, message: Any, records: Sequence[ConsumerRecord[Any, Any]], *, done: bool) -> None:
-        """Lag per partition: messages after the last one committed. Set when a batch is fetched
-        (its records are not done yet) and again once it is committed."""
+    def _record_lag(self, message: Any, not_done: dict[TopicPartition, int]) -> None:
+        """Lag per partition: messages from the first one not done. Set when a batch is fetched
+        (from its first record) and again once it is committed (from the record after it)."""
         consumer = getattr(message, "consumer", None)
         if consumer is None or not hasattr(consumer, "highwater"):
             return
-        offsets: dict[TopicPartition, list[int]] = defaultdict(list)
-        for record in records:
-            offsets[TopicPartition(record.topic, record.partition)].append(record.offset)
-        # Per partition, the first offset not done: after the batch once committed, else its first.
-        not_done = {tp: max(seen) + 1 if done else min(seen) for tp, seen in offsets.items()}
         for tp, offset in not_done.items():
             highwater = consumer.highwater(tp)
             if highwater is not None:
                 self._metrics.lag.labels(self._metrics.service, tp.topic, str(tp.partition)).set(
                     max(0, highwater - offset)
                 )
+
+
+def _first_not_done(records: Sequence[ConsumerRecord[Any, Any]], *, done: bool) -> dict[TopicPartition, int]:
+    """Per partition, the first offset not done: the one after the batch once it is done (what a
+    commit names), else the batch's first."""
+    offsets: dict[TopicPartition, list[int]] = defaultdict(list)
+    for record in records:
+        offsets[TopicPartition(record.topic, record.partition)].append(record.offset)
+    return {tp: max(seen) + 1 if done else min(seen) for tp, seen in offsets.items()}
 
 
 def _header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
