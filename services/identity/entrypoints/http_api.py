@@ -9,10 +9,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from services.identity.adapters.certificates import fingerprint_from_header
 from services.identity.domain import accounts as rules
 from services.identity.domain.errors import FieldProblem, Refusal
 from services.identity.entrypoints import http_schemas as s
-from services.identity.adapters.certificates import fingerprint_from_header
 from services.identity.service_layer import administration, contracts, devices, passwords, registration, sessions
 from services.identity.service_layer.administration import Actor, Person
 from services.identity.service_layer.context import Caller, Identity
