@@ -16,12 +16,37 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/FerretDB/FerretDB/ferretdb"
 )
 
+// Go runtime settings for this process, unless the environment sets them (GOMAXPROCS, GOGC).
+//
+// One processor: the proxy lets one command at a time reach FerretDB (serialise.go), so a second
+// one only adds thread handoffs between the proxy's and FerretDB's goroutines, and a spinning
+// thread on a core the clients need. GC at 400%: collections four times rarer, for about 12 MB
+// more memory (resident size 31 → 43 MB after the same load). Measured with patch 0005 on a
+// 2-core machine, find + insert from 8 clients: 0.74 → 0.48 ms of store CPU per pair, and the
+// clients' own CPU 0.73 → 0.54 ms.
+const (
+	defaultMaxProcs  = 1
+	defaultGCPercent = 400
+)
+
+func tuneRuntime() {
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(defaultMaxProcs)
+	}
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(defaultGCPercent)
+	}
+}
+
 func main() {
+	tuneRuntime()
 	listenAddr := flag.String("listen-addr", "127.0.0.1:27017", "TCP address to listen on")
 	dataDir := flag.String("data-dir", "data", "directory holding the SQLite database files (created if missing)")
 	logLevel := flag.String("log-level", "warn", "FerretDB log level: debug, info, warn or error")
