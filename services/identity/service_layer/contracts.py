@@ -9,7 +9,7 @@ from typing import Any
 
 from services.identity.domain import accounts as rules
 from services.identity.domain import tokens
-from services.identity.domain.access import KnownContract, access_ends_on
+from services.identity.domain.access import UNSEEN_PREFIX, KnownContract, access_ends_on, after_closing
 from services.identity.domain.errors import Refusal
 from services.identity.service_layer.context import Caller, Identity, addressed, retrying
 from services.identity.service_layer.sessions import mark_sessions_revoked, next_generation
@@ -212,14 +212,12 @@ async def on_contract_closed(ctx: Identity, event: ContractClosed, delivery: Del
             await restore_access(ctx, event.customer_number)
         return
     state = doc.state if doc else _new_customer_state()
-    closed = {"number": event.contract_number, "running": False, "closed_on": _midnight(event.closed_on)}
-    contracts = [c for c in state["contracts"] if c["number"] != event.contract_number] + [closed]
-    if event.customer_has_running_contract and not any(c["running"] for c in contracts):
-        # contracts knows of a running contract we have not heard of yet: keep access open meanwhile
-        contracts.append({"number": f"unseen-{event.contract_number}", "running": True, "closed_on": None})
-    elif not event.customer_has_running_contract:
-        contracts = [c for c in contracts if not c["number"].startswith("unseen-")]
-    await _record_customer(ctx, doc, event.customer_number, state | {"contracts": contracts}, delivery)
+    contracts, none_running_since = after_closing(
+        state["contracts"], state.get("none_running_since"), number=event.contract_number,
+        closed_at=_midnight(event.closed_on), others_running=event.customer_has_running_contract,
+    )
+    await _record_customer(ctx, doc, event.customer_number,
+                           state | {"contracts": contracts, "none_running_since": none_running_since}, delivery)
 
 
 async def restore_access(ctx: Identity, customer_number: str) -> int:
@@ -251,7 +249,7 @@ async def restore_access(ctx: Identity, customer_number: str) -> int:
 async def _a_running_contract(ctx: Identity, customer_number: str) -> str | None:
     customer = await ctx.stores.customers.get(customer_number)
     running = [c["number"] for c in (customer.state.get("contracts", []) if customer else []) if c.get("running")]
-    return next((number for number in running if not number.startswith("unseen-")), None)
+    return next((number for number in running if not number.startswith(UNSEEN_PREFIX)), None)
 
 
 async def _access_has_ended(ctx: Identity, customer_number: str) -> bool:

@@ -8,6 +8,7 @@ import logging
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -324,6 +325,31 @@ async def test_access_ends_18_months_after_the_last_running_contract_ended(ident
     assert ended.reason == "no_running_contract"
     refused = await login(identity, who)
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "access_ended"
+
+
+async def test_an_older_closing_handled_late_does_not_keep_access_open(identity: Harness) -> None:
+    """Closings are keyed by contract: the last one may be handled before an older one that still saw
+    the other contract running. The older one's word is outdated."""
+    who, customer_number = await linked(identity, "Lucas Martin")
+    first, second = f"{customer_number}-L1", f"{customer_number}-L2"
+    opened = [await identity.publish(contract_opened(customer_number, number)) for number in (first, second)]
+
+    async def customer_after(*events: Any) -> dict | None:
+        doc = await identity.runtime.db["customer_numbers"].find_one({"_id": customer_number})
+        return doc if doc and all(e.id in doc["_applied"] for e in events) else None
+
+    await eventually(lambda: customer_after(*opened), 20, "both contracts known")
+    last_end = identity.clock.now().date()
+    last = await identity.publish(ContractClosed(contract_number=second, customer_number=customer_number,
+                                                 closed_on=last_end, reason="ended", customer_has_running_contract=False))
+    await eventually(lambda: customer_after(last), 20, "the last closing recorded")
+    older = await identity.publish(ContractClosed(contract_number=first, customer_number=customer_number,
+                                                  closed_on=date(2026, 1, 31), reason="ended",
+                                                  customer_has_running_contract=True))
+    customer = await eventually(lambda: customer_after(older), 20, "the older closing recorded")
+    assert customer["access_ends_at"] is not None, "access must still end: nothing runs"
+    ends = customer["access_ends_at"].date()
+    assert (ends.year * 12 + ends.month) - (last_end.year * 12 + last_end.month) == 18
 
 
 async def test_a_customer_number_already_held_by_a_login_is_not_linked_to_a_second_one(identity: Harness) -> None:

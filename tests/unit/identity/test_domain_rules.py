@@ -3,7 +3,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from services.identity.domain import codes, tokens
-from services.identity.domain.access import KnownContract, access_ends_on, add_months
+from services.identity.domain.access import KnownContract, access_ends_on, add_months, after_closing
 from services.identity.domain.lockout import LockoutPolicy, LockState, after_failure
 from services.identity.domain.normalise import InvalidPhone, normalise_email, normalise_mobile, normalise_vin
 from services.identity.domain.passwords import PasswordPolicy
@@ -81,6 +81,49 @@ def test_access_ends_18_months_after_the_last_contract_and_never_while_one_runs(
     ended = [KnownContract("A", False, date(2025, 3, 10)), KnownContract("B", False, date(2026, 1, 31))]
     assert access_ends_on(ended) == date(2027, 7, 31)
     assert access_ends_on([*ended, KnownContract("C", True)]) is None
+
+
+def _access_end(contracts: list[dict]) -> date | None:
+    return access_ends_on(KnownContract(c["number"], c["running"], c["closed_on"].date() if c["closed_on"] else None)
+                          for c in contracts)
+
+
+def _closings_in_order(closings: list[tuple[str, datetime, bool]]) -> date | None:
+    contracts: list[dict] = []
+    none_running_since = None
+    for number, closed_at, others_running in closings:
+        contracts, none_running_since = after_closing(contracts, none_running_since, number=number,
+                                                      closed_at=closed_at, others_running=others_running)
+    return _access_end(contracts)
+
+
+def test_two_closings_of_one_customer_give_the_same_access_end_in_either_order() -> None:
+    january = datetime(2026, 1, 31, tzinfo=UTC)
+    june = datetime(2026, 6, 30, tzinfo=UTC)
+    first = ("L1", january, True)  # L2 still ran then
+    last = ("L2", june, False)  # nothing runs any more
+    assert _closings_in_order([first, last]) == date(2027, 12, 30)
+    assert _closings_in_order([last, first]) == date(2027, 12, 30), "the older closing's 'yes' is outdated"
+    assert _closings_in_order([first, last, last]) == date(2027, 12, 30), "a re-sent closing changes nothing"
+
+
+def test_a_closing_that_names_a_running_contract_not_heard_of_keeps_access_open() -> None:
+    january = datetime(2026, 1, 31, tzinfo=UTC)
+    june = datetime(2026, 6, 30, tzinfo=UTC)
+    assert _closings_in_order([("L1", january, True)]) is None
+    # an older "no" handled late does not close what a later "yes" still saw running
+    assert _closings_in_order([("L2", june, True), ("L1", january, False)]) is None
+    # the same day, "no" wins whatever the order
+    assert _closings_in_order([("L1", june, True), ("L2", june, False)]) == date(2027, 12, 30)
+    assert _closings_in_order([("L2", june, False), ("L1", june, True)]) == date(2027, 12, 30)
+
+
+def test_a_placeholder_written_before_it_carried_a_date_goes_with_the_next_no() -> None:
+    legacy = [{"number": "unseen-L1", "running": True, "closed_on": None},
+              {"number": "L1", "running": False, "closed_on": datetime(2026, 1, 31, tzinfo=UTC)}]
+    contracts, _ = after_closing(legacy, None, number="L2", closed_at=datetime(2026, 6, 30, tzinfo=UTC),
+                                 others_running=False)
+    assert _access_end(contracts) == date(2027, 12, 30)
 
 
 def test_a_single_use_token_tells_used_superseded_expired_and_forged_apart() -> None:
