@@ -9,6 +9,7 @@ from services.identity.domain import tokens
 from services.identity.domain.errors import FieldProblem, Refusal
 from services.identity.domain.lockout import LockState
 from services.identity.service_layer.context import Caller, Identity, addressed, retrying
+from services.identity.service_layer.links import reissue_link
 from services.identity.service_layer.registration import check_password
 from services.identity.service_layer.sessions import (
     end_all_sessions,
@@ -18,6 +19,7 @@ from services.identity.service_layer.sessions import (
     record_failure,
 )
 from shared.events import AccountUnlocked, PasswordChanged, PasswordResetRequested
+from shared.storage import StoredDocument
 
 
 def _new_password_fields(state: dict[str, Any], password_hash: str, now: Any) -> dict[str, Any]:
@@ -59,28 +61,17 @@ async def request_reset(ctx: Identity, caller: Caller, email: str) -> None:
     """Email a single-use reset link (1 hour; older links stop working). Unknown emails answered the same."""
     async with ctx.answer_floor().around():
         await ctx.limit(caller, "password_reset", "send", email)
-        await _request_reset(ctx, caller, email)
+        await reissue_link(ctx, caller, email, status=rules.ACTIVE, slot="reset", ttl=tokens.RESET_TTL,
+                           event=lambda doc, issued: _reset_link_event(ctx, doc, issued))
 
 
-async def _request_reset(ctx: Identity, caller: Caller, email: str) -> None:
-    async def attempt() -> None:
-        doc = await ctx.account_by_email(email)
-        if doc is None or doc.state["status"] != rules.ACTIVE:
-            return
-        issued = tokens.issue_token(doc.id, ctx.now(), tokens.RESET_TTL)
-        state = doc.state | {
-            "reset": issued.stored,
-            "reset_spent": tokens.spend(doc.state.get("reset"), doc.state.get("reset_spent", []), "superseded"),
-        }
-        event = PasswordResetRequested(
-            customer_id=doc.id,
-            **addressed(doc.state),
-            reset_token=ctx.seal(PasswordResetRequested, "reset_token", issued.token),
-            reset_expires_at=issued.stored["expires_at"],
-        )
-        await ctx.stores.accounts.update(doc, state, [ctx.envelope(event, caller)])
-
-    await retrying(attempt)
+def _reset_link_event(ctx: Identity, doc: StoredDocument, issued: tokens.IssuedSecret) -> PasswordResetRequested:
+    return PasswordResetRequested(
+        customer_id=doc.id,
+        **addressed(doc.state),
+        reset_token=ctx.seal(PasswordResetRequested, "reset_token", issued.token),
+        reset_expires_at=issued.stored["expires_at"],
+    )
 
 
 async def reset(ctx: Identity, caller: Caller, token: str, new: str) -> None:

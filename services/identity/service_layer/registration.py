@@ -9,6 +9,7 @@ from services.identity.domain import accounts as rules
 from services.identity.domain import codes, tokens
 from services.identity.domain.errors import FieldProblem, Refusal
 from services.identity.service_layer.context import Caller, Identity, addressed, retrying
+from services.identity.service_layer.links import reissue_link
 from shared.events import (
     ActivationLinkReissued,
     CustomerActivated,
@@ -177,28 +178,17 @@ async def resend_activation(ctx: Identity, caller: Caller, email: str) -> None:
     """A new link for a pending account (the old one stops working); otherwise nothing, answered the same."""
     async with ctx.answer_floor().around():
         await ctx.limit(caller, "resend_activation", "send", email)
-        await _resend(ctx, caller, email)
+        await reissue_link(ctx, caller, email, status=rules.PENDING, slot="activation", ttl=tokens.ACTIVATION_TTL,
+                           event=lambda doc, issued: _activation_link_event(ctx, doc, issued))
 
 
-async def _resend(ctx: Identity, caller: Caller, email: str) -> None:
-    async def attempt() -> None:
-        doc = await ctx.account_by_email(email)
-        if doc is None or doc.state["status"] != rules.PENDING:
-            return
-        issued = tokens.issue_token(doc.id, ctx.now(), tokens.ACTIVATION_TTL)
-        state = doc.state | {
-            "activation": issued.stored,
-            "activation_spent": tokens.spend(doc.state.get("activation"), doc.state.get("activation_spent", []), "superseded"),
-        }
-        event = ActivationLinkReissued(
-            customer_id=doc.id,
-            **addressed(state),
-            activation_token=ctx.seal(ActivationLinkReissued, "activation_token", issued.token),
-            activation_expires_at=issued.stored["expires_at"],
-        )
-        await ctx.stores.accounts.update(doc, state, [ctx.envelope(event, caller)])
-
-    await retrying(attempt)
+def _activation_link_event(ctx: Identity, doc: StoredDocument, issued: tokens.IssuedSecret) -> ActivationLinkReissued:
+    return ActivationLinkReissued(
+        customer_id=doc.id,
+        **addressed(doc.state),
+        activation_token=ctx.seal(ActivationLinkReissued, "activation_token", issued.token),
+        activation_expires_at=issued.stored["expires_at"],
+    )
 
 
 # --- Belgian-style start: customer number, SMS code to the mobile on file, then the details ---------
