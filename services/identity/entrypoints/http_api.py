@@ -2,6 +2,7 @@
 
 import ipaddress
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -90,7 +91,9 @@ class Correlated:
             return
         given = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"x-request-id"), "")
         request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["received_at"] = time.perf_counter()
 
         async def answer(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -118,6 +121,7 @@ def build_api(app: FastAPI, ctx: Identity, settings: IdentitySettings) -> None:
             user_agent=request.headers.get("user-agent", "")[:200],
             client_certificate=fingerprint_from_header(request.headers.get(settings.client_cert_header))
             if settings.client_cert_header else None,
+            received_at=getattr(request.state, "received_at", None),
         )
 
     async def principal(

@@ -35,6 +35,9 @@ class Caller:
     user_agent: str = ""
     #: The SHA-256 of the client certificate the TLS proxy verified, when it forwards one.
     client_certificate: str | None = None
+    #: When the request arrived (``time.perf_counter()``): answer floors start there, before the
+    #: body is read and checked (see :class:`AnswerFloor`). None for callers that are not requests.
+    received_at: float | None = None
 
 
 @dataclass
@@ -96,9 +99,10 @@ class Identity:
     async def account_by_email(self, email: str) -> StoredDocument | None:
         return await self.stores.accounts.get_by("email", email)
 
-    def answer_floor(self) -> "AnswerFloor":
-        """Starts now: see :class:`AnswerFloor`."""
-        return AnswerFloor(self.answer_floor_s)
+    def answer_floor(self, caller: Caller) -> "AnswerFloor":
+        """Starts when the caller's request arrived (now, for a caller that is no request): see
+        :class:`AnswerFloor`."""
+        return AnswerFloor(self.answer_floor_s, since=caller.received_at)
 
 
 class AnswerFloor:
@@ -107,15 +111,17 @@ class AnswerFloor:
     The work behind such answers differs with the answer's secret (a new account is inserted, an
     existing one is told by email; a wrong password is counted against a known account only), and
     so does its duration, by a millisecond or two on a local store: enough for a patient attacker to
-    tell them apart. So everything that depends on whether the email exists, rate limits and
-    lookups included, runs after the floor starts, and the answer leaves when the floor ends. The
+    tell them apart. So the floor starts when the request arrives, before its body is read and
+    checked (the email check remembers recent addresses, so an address someone just used checks
+    faster), everything that depends on the email runs inside it, and the answer leaves when the
+    floor ends. The
     answers are then as alike in time as they are in content, as long as the work fits in the
     floor (``ANSWER_FLOOR_MS``, well above its p99; under an overload that exceeds it they leave
     late, and differently late).
     """
 
-    def __init__(self, seconds: float) -> None:
-        self._until = time.perf_counter() + seconds
+    def __init__(self, seconds: float, *, since: float | None = None) -> None:
+        self._until = (time.perf_counter() if since is None else since) + seconds
 
     async def reached(self) -> None:
         left = self._until - time.perf_counter()

@@ -59,7 +59,7 @@ async def change(ctx: Identity, caller: Caller, account_id: str, current: str, n
 
 async def request_reset(ctx: Identity, caller: Caller, email: str) -> None:
     """Email a single-use reset link (1 hour; older links stop working). Unknown emails answered the same."""
-    async with ctx.answer_floor().around():
+    async with ctx.answer_floor(caller).around():
         await ctx.limit(caller, "password_reset", "send", email)
         await reissue_link(ctx, caller, email, status=rules.ACTIVE, slot="reset", ttl=tokens.RESET_TTL,
                            event=lambda doc, issued: _reset_link_event(ctx, doc, issued))

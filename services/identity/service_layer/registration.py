@@ -78,7 +78,7 @@ async def register(ctx: Identity, caller: Caller, reg: Registration) -> None:
 
     Both answer the same, at the same moment (see ``AnswerFloor``).
     """
-    async with ctx.answer_floor().around():
+    async with ctx.answer_floor(caller).around():
         # The strength check costs milliseconds of CPU: counted per address before it runs.
         await ctx.limit(caller, "register_form", "check", None)
         check_password(ctx, reg.password, reg.first_name, reg.last_name, reg.email)
@@ -176,7 +176,7 @@ async def activate(ctx: Identity, caller: Caller, token: str, password: str | No
 
 async def resend_activation(ctx: Identity, caller: Caller, email: str) -> None:
     """A new link for a pending account (the old one stops working); otherwise nothing, answered the same."""
-    async with ctx.answer_floor().around():
+    async with ctx.answer_floor(caller).around():
         await ctx.limit(caller, "resend_activation", "send", email)
         await reissue_link(ctx, caller, email, status=rules.PENDING, slot="activation", ttl=tokens.ACTIVATION_TTL,
                            event=lambda doc, issued: _activation_link_event(ctx, doc, issued))
@@ -196,7 +196,7 @@ def _activation_link_event(ctx: Identity, doc: StoredDocument, issued: tokens.Is
 
 async def request_registration_code(ctx: Identity, caller: Caller, customer_number: str, locale: str) -> None:
     """Text a code to the mobile on file for this customer number; an unknown number is answered the same."""
-    async with ctx.answer_floor().around():
+    async with ctx.answer_floor(caller).around():
         await ctx.limit(caller, "registration_code", "send", customer_number)
         await _text_code(ctx, caller, customer_number, locale)
 

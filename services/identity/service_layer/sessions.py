@@ -134,7 +134,7 @@ async def login(ctx: Identity, caller: Caller, cmd: Login) -> dict[str, Any]:
     a wrong password always reads ``invalid_credentials``, whatever the account's state, and leaves
     at the answer floor, whether the email is known (its failure counted) or not.
     """
-    floor = ctx.answer_floor()
+    floor = ctx.answer_floor(caller)
     _, found = await asyncio.gather(ctx.limit(caller, "login", "check", cmd.email), ctx.account_by_email(cmd.email))
     account: StoredDocument | None = found
     stored_hash = account.state.get("password_hash") if account else None
