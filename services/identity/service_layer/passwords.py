@@ -19,7 +19,6 @@ from services.identity.service_layer.sessions import (
     record_failure,
 )
 from shared.events import AccountUnlocked, PasswordChanged, PasswordResetRequested
-from shared.storage import StoredDocument
 
 
 def _new_password_fields(state: dict[str, Any], password_hash: str, now: Any) -> dict[str, Any]:
@@ -62,16 +61,7 @@ async def request_reset(ctx: Identity, caller: Caller, email: str) -> None:
     async with ctx.answer_floor(caller).around():
         await ctx.limit(caller, "password_reset", "send", email)
         await reissue_link(ctx, caller, email, status=rules.ACTIVE, slot="reset", ttl=tokens.RESET_TTL,
-                           event=lambda doc, issued: _reset_link_event(ctx, doc, issued))
-
-
-def _reset_link_event(ctx: Identity, doc: StoredDocument, issued: tokens.IssuedSecret) -> PasswordResetRequested:
-    return PasswordResetRequested(
-        customer_id=doc.id,
-        **addressed(doc.state),
-        reset_token=ctx.seal(PasswordResetRequested, "reset_token", issued.token),
-        reset_expires_at=issued.stored["expires_at"],
-    )
+                           event=PasswordResetRequested)
 
 
 async def reset(ctx: Identity, caller: Caller, token: str, new: str) -> None:

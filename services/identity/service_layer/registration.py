@@ -179,16 +179,7 @@ async def resend_activation(ctx: Identity, caller: Caller, email: str) -> None:
     async with ctx.answer_floor(caller).around():
         await ctx.limit(caller, "resend_activation", "send", email)
         await reissue_link(ctx, caller, email, status=rules.PENDING, slot="activation", ttl=tokens.ACTIVATION_TTL,
-                           event=lambda doc, issued: _activation_link_event(ctx, doc, issued))
-
-
-def _activation_link_event(ctx: Identity, doc: StoredDocument, issued: tokens.IssuedSecret) -> ActivationLinkReissued:
-    return ActivationLinkReissued(
-        customer_id=doc.id,
-        **addressed(doc.state),
-        activation_token=ctx.seal(ActivationLinkReissued, "activation_token", issued.token),
-        activation_expires_at=issued.stored["expires_at"],
-    )
+                           event=ActivationLinkReissued)
 
 
 # --- Belgian-style start: customer number, SMS code to the mobile on file, then the details ---------
