@@ -114,10 +114,9 @@ class AnswerFloor:
     tell them apart. So the floor starts when the request arrives, before its body is read and
     checked (the email check remembers recent addresses, so an address someone just used checks
     faster), everything that depends on the email runs inside it, and the answer leaves when the
-    floor ends. The
-    answers are then as alike in time as they are in content, as long as the work fits in the
-    floor (``ANSWER_FLOOR_MS``, well above its p99; under an overload that exceeds it they leave
-    late, and differently late).
+    floor ends. The answers are then as alike in time as they are in content, as long as the work
+    fits in the floor (``ANSWER_FLOOR_MS``, well above its p99; under an overload that exceeds it
+    they leave late, and differently late).
     """
 
     def __init__(self, seconds: float, *, since: float | None = None) -> None:
