@@ -97,6 +97,8 @@ class TemplateRenderer:
         self._found: dict[tuple[str, str, str, str], jinja2.Template | None] = {}
         self._words: dict[str, dict[str, str]] = {}
         self._literal: dict[tuple[str, str], str | None] = {}  # blocks that are plain text, rendered once
+        self._common_done: dict[tuple[str, str], str] = {}  # plain-text common blocks, tidied and typeset
+        self._signatures: dict[str, tuple[str, tuple[Paragraph, ...]]] = {}
 
     # --- finding blocks along the locale chain -------------------------------------------------
 
@@ -221,8 +223,7 @@ class TemplateRenderer:
         body = typeset(_tidy(self._block(name, "body", locale, context, contexts=contexts)))
         link = context.get("link")
         action = typeset(_one_line(self._block(name, "action", locale, context, contexts=contexts))) if link else ""
-        common = {block: typeset(_tidy(self._block("_common", block, locale, context, contexts=contexts)))
-                  for block in COMMON_BLOCKS}
+        common = {block: self._common(block, locale, context, contexts, typeset) for block in COMMON_BLOCKS}
         marketing = unsubscribe_url is not None
         footer = common["marketing_footer"] if marketing else common["footer"]
 
@@ -241,12 +242,33 @@ class TemplateRenderer:
             action=action,
             link=link,
             link_hint=common["link_hint"],
-            signature=paragraphs(common["signature"]),
+            signature=self._signature(locale, common["signature"]),
             footer=footer,
             unsubscribe=common["unsubscribe"],
             unsubscribe_url=unsubscribe_url,
         )
         return RenderedEmail(subject, text + "\n", html)
+
+    def _common(self, block: str, locale: str, context: Mapping[str, Any], contexts: dict[str, Any],
+                typeset: Any) -> str:
+        """A ``_common`` block as it goes into an email; kept once made when it is plain text (a
+        signature, a footer: the same in every email of the locale, and tidying and French
+        spacing cost more than rendering)."""
+        key = (block, locale)
+        done = self._common_done.get(key)
+        if done is not None:
+            return done
+        text = typeset(_tidy(self._block("_common", block, locale, context, contexts=contexts)))
+        template = self._find("_common", block, locale)
+        if template is not None and self._literal_text(template, block) is not None:
+            self._common_done[key] = text
+        return text
+
+    def _signature(self, locale: str, signature: str) -> tuple[Paragraph, ...]:
+        made = self._signatures.get(locale)
+        if made is None or made[0] != signature:
+            made = self._signatures[locale] = (signature, tuple(paragraphs(signature)))
+        return made[1]
 
     def sms(self, template: str, locale: str, context: Mapping[str, Any]) -> RenderedSms:
         text = normalise(" ".join(self._block(f"{template}.sms", "text", locale, context).split()))

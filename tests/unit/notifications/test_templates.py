@@ -8,6 +8,7 @@ from email import policy
 from email.parser import BytesParser
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -405,6 +406,27 @@ def test_a_non_ascii_subject_is_encoded_and_a_marketing_email_offers_to_unsubscr
     assert str(message["Subject"]) == "Déjà vu – été"
     assert message["List-Unsubscribe"] == "<https://portal.leaseline.example/preferences/communications?channel=email>"
     assert message["Auto-Submitted"] is None
+
+
+@pytest.mark.parametrize("subject", [
+    "Votre rendez-vous de restitution est confirmé pour le jeudi 3 décembre à 9 h 30, agence de Lyon-Vénissieux",
+    "€" * 40,
+    ("Ihr Termin 🚗 " * 12).strip(),
+    "é",
+    "A plain ASCII subject that is far too long to fit on the first line of a header, so it is folded",
+])
+def test_a_subject_of_any_length_and_script_survives_the_trip(subject: str) -> None:
+    raw = build_email(delivery_id="ntf_s", sender=Sender.parse("Leaseline <no-reply@leaseline.example>"),
+                      to_address="a@example.fr", to_name="Anna", subject=subject, text="t", html="<p>h</p>",
+                      date=datetime(2026, 12, 3, 10, 30, tzinfo=ZoneInfo("Europe/Paris")), language="fr-FR")
+    head = raw.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    subject_lines = re.search(r"^Subject: .*?\r\n(?! )", head, re.S | re.M).group(0).split("\r\n")[:-1]
+    assert all(len(line) <= 78 for line in subject_lines), head  # RFC 5322 2.1.1
+    assert all(len(word) <= 75 for word in re.findall(r"=\?utf-8\?b\?[^?]*\?=", head))
+    message = BytesParser(policy=policy.default).parsebytes(raw)
+    assert str(message["Subject"]) == subject
+    assert message["Date"].datetime == datetime(2026, 12, 3, 9, 30, tzinfo=UTC)
+    assert "Date: Thu, 03 Dec 2026 09:30:00 +0000" in head
 
 
 def test_a_relative_portal_base_is_refused_at_start() -> None:
