@@ -3,35 +3,45 @@
 - peak: emails per second from events published to Kafka until the SMTP server (the catcher, in
   a process of its own) accepted them, for a burst of events published as fast as possible;
 - steady: p50/p99 of that same path (publish -> SMTP accepted) at half the peak rate;
+- one replica: the peak again, once all but one replica have stopped;
 - backbone: how fast the shared consumer alone reads the same events, with a handler doing nothing
   (the raw consume rate), and with the smallest idempotent handler (one store insert per event),
   so the figures can be compared on this machine.
 
-The service runs in this process with its production code path: consumer, recording, delivery
-worker, SMTP pool, outcome batches through the outbox relay. Logging is left at WARNING. The SMTP
-server (the catcher) runs in a process of its own, as a mail server would (``bench.smtp_arrivals``),
-and writes down when each message arrived; times on both sides are the machine's wall clock.
+The service runs as it is deployed: its own command (``python -m services.notifications``),
+configured by environment, one replica per core by default (``NOTIFICATIONS_BENCH_REPLICAS``),
+all in one consumer group over topics of two partitions per replica. A Python process uses one
+core: on two cores, one replica spent 86 % of its core and left the machine a third idle (about
+400 emails/s where two replicas delivered 530 to 610 with the same CPU per email). Logging is
+left at WARNING. The SMTP server (the catcher) runs in a process of its own, as a mail server
+would (``bench.smtp_arrivals``), and writes down when each message arrived; times on both sides
+are the machine's wall clock. Every notification must arrive exactly once: a run in which one
+arrives twice or never fails.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.backbone_bench import backbone
 from bench.cleanup import remove_run
-from services.notifications.bootstrap import build
 from services.notifications.domain.planning import delivery_id
-from services.notifications.settings import NotificationSettings
+from shared.clock import SystemClock
 from shared.crypto import Keyring
 from shared.events import Envelope, PasswordChanged
 from shared.messaging import Delivery
@@ -42,16 +52,19 @@ from shared.storage.mongo import is_duplicate_key
 
 PEAK_EVENTS = int(os.environ.get("NOTIFICATIONS_BENCH_EVENTS", "6000"))
 STEADY_SECONDS = float(os.environ.get("NOTIFICATIONS_BENCH_STEADY_S", "15"))
+REPLICAS = int(os.environ.get("NOTIFICATIONS_BENCH_REPLICAS", str(os.cpu_count() or 1)))
 TARGETS = {"emails_per_s": 500.0, "share_of_backbone": 0.5, "p99_ms": 250.0}
+CONSUMER_BATCH_MAX = 500
 
 
 class Arrivals:
     """When each delivery reached the SMTP server (by the id in its header), read from the file
-    the SMTP server process appends to."""
+    the SMTP server process appends to; and which arrived more than once."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.at: dict[str, float] = {}
+        self.twice: list[str] = []
         self._offset = 0
         self._partial = b""
 
@@ -64,9 +77,12 @@ class Arrivals:
         self._partial = lines.pop()
         for line in lines:
             notification, _, at = line.decode().partition(" ")
-            self.at[notification] = float(at)
+            if notification in self.at:
+                self.twice.append(notification)
+            else:
+                self.at[notification] = float(at)
 
-    def count(self, ids: Any) -> int:
+    def count(self, ids: Iterable[str]) -> int:
         self.refresh()
         return sum(1 for i in ids if i in self.at)
 
@@ -78,6 +94,68 @@ async def smtp_server(arrivals: Path) -> tuple[asyncio.subprocess.Process, int]:
     assert process.stdout is not None
     port = int((await asyncio.wait_for(process.stdout.readline(), 30)).decode())
     return process, port
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Replicas:
+    """The service's processes, started with its own command and stopped with SIGTERM."""
+
+    def __init__(self, environment: dict[str, str], count: int) -> None:
+        self.environment = environment
+        self.count = count
+        self.processes: list[asyncio.subprocess.Process] = []
+
+    async def start(self) -> None:
+        ports = [_free_port() for _ in range(self.count)]
+        for port in ports:
+            self.processes.append(await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "services.notifications", env={**self.environment, "HTTP_PORT": str(port)},
+                cwd=Path(__file__).resolve().parents[1],
+            ))
+        for process, port in zip(self.processes, ports, strict=True):
+            await _until(lambda process=process, port=port: _ready(process, port), 120, every=0.25)
+
+    async def stop(self, keep: int = 0) -> None:
+        leaving, self.processes = self.processes[keep:], self.processes[:keep]
+        for process in leaving:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+        for process in leaving:
+            await process.wait()
+
+
+def _ready(process: asyncio.subprocess.Process, port: int) -> bool:
+    if process.returncode is not None:
+        raise RuntimeError(f"a notifications replica exited with status {process.returncode} before it was ready")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
+async def group_settled(kafka_bootstrap: str, group: str, members: int, timeout: float = 120) -> None:
+    """Until the consumer group is stable with ``members`` members: a replica joining later would
+    pause everyone's consumption (a rebalance) in the middle of a measurement."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            (response,) = await admin.describe_consumer_groups([group])
+            _, _, state, _, _, current = response.groups[0][:6]
+            if state == "Stable" and len(current) == members:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"group {group} is {state} with {len(current)} members, not {members}")
+            await asyncio.sleep(0.25)
+    finally:
+        await admin.close()
 
 
 def changed(i: int, run: str) -> tuple[PasswordChanged, str]:
@@ -99,45 +177,53 @@ async def measure(kafka_bootstrap: str, mongodb_uri: str) -> dict[str, Any]:
     arrivals = Arrivals(Path(tempfile.mkdtemp(prefix="leaseline-bench-")) / "arrivals")
     arrivals.path.touch()
     smtp, smtp_port = await smtp_server(arrivals.path)
-    settings = NotificationSettings(
-        kafka_bootstrap_servers=kafka_bootstrap, mongodb_uri=mongodb_uri, mongodb_database=f"bench_ntf_{run}",
-        topic_namespace=f"benchn{run}.", http_port=0, smtp_port=smtp_port, smtp_pool_size=8,
-        event_secret_keys=Keyring.generate_spec("bench"), portal_base_url="https://portal.leaseline.example",
-        delivery_concurrency=int(os.environ.get("NB_CONCURRENCY", "32")),
-        delivery_queue_max=int(os.environ.get("NB_QUEUE", "300")),
-        consumer_batch_max=500, log_level="WARNING",
-    )
-    service = build(settings)
-    await service.runtime.start()
-    topic = f"{settings.topic_namespace}customer.password_changed"
+    namespace, database, service_name = f"benchn{run}.", f"bench_ntf_{run}", f"notifications-bench-{run}"
+    environment = {
+        **os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "MONGODB_URI": mongodb_uri,
+        "MONGODB_DATABASE": database, "TOPIC_NAMESPACE": namespace, "SERVICE_NAME": service_name,
+        "TOPIC_PARTITIONS": str(2 * REPLICAS), "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp_port),
+        "SMTP_POOL_SIZE": "8", "EVENT_SECRET_KEYS": Keyring.generate_spec("bench"),
+        "PORTAL_BASE_URL": "https://portal.leaseline.example", "DELIVERY_CONCURRENCY": "32",
+        "DELIVERY_QUEUE_MAX": "300", "CONSUMER_BATCH_MAX": str(CONSUMER_BATCH_MAX), "LOG_LEVEL": "WARNING",
+    }
+    replicas = Replicas(environment, REPLICAS)
+    topic = f"{namespace}customer.password_changed"
+    clock = SystemClock()
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=2)
-    await producer.start()
-    results: dict[str, Any] = {}
-    try:
-        # Warm-up: connections open, templates compiled, consumer assigned.
-        warm, warm_ids = [], []
-        for i in range(200):
-            event, email = changed(i, run + "w")
-            warm.append(Envelope.wrap(event, source="bench", time=service.runtime.clock.now()))
-            warm_ids.append(delivery_id(warm[-1].id, "email", email))
+    results: dict[str, Any] = {"replicas": REPLICAS, "partitions": 2 * REPLICAS}
+    sent: list[str] = []  # every notification the run asked for
+
+    def burst_of(count: int, tag: str) -> tuple[list[Envelope], list[str]]:
+        envelopes, ids = [], []
+        for i in range(count):
+            event, email = changed(i, run + tag)
+            envelopes.append(Envelope.wrap(event, source="bench", time=clock.now()))
+            ids.append(delivery_id(envelopes[-1].id, "email", email))
+        sent.extend(ids)
+        return envelopes, ids
+
+    async def peak(tag: str) -> float:
+        """A burst published as fast as possible, until every email is accepted."""
+        burst, ids = burst_of(PEAK_EVENTS, tag)
+        started = await publish_burst(producer, topic, burst)
+        await _until(lambda: arrivals.count(ids) == len(ids), 600)
+        return PEAK_EVENTS / (max(arrivals.at[i] for i in ids) - started)
+
+    async def warm_up(tag: str) -> None:
+        """Connections open, templates compiled, every replica with its partitions."""
+        await group_settled(kafka_bootstrap, f"leaseline-{service_name}", len(replicas.processes))
+        warm, warm_ids = burst_of(200, tag)
         await publish_burst(producer, topic, warm)
         await _until(lambda: arrivals.count(warm_ids) == len(warm_ids), 120)
 
-        # Peak: a burst published as fast as possible, until every email is accepted.
-        burst, ids = [], []
-        for i in range(PEAK_EVENTS):
-            event, email = changed(i, run)
-            envelope = Envelope.wrap(event, source="bench", time=service.runtime.clock.now())
-            burst.append(envelope)
-            ids.append(delivery_id(envelope.id, "email", email))
-        started = await publish_burst(producer, topic, burst)
-        await _until(lambda: arrivals.count(ids) == len(ids), 600)
-        peak_s = max(arrivals.at[i] for i in ids) - started
-        peak = PEAK_EVENTS / peak_s
-        results["peak_emails_per_s"] = peak
+    await producer.start()
+    try:
+        await replicas.start()
+        await warm_up("w")
+        results["peak_emails_per_s"] = await peak("p")
 
         # Steady: half the peak, paced every 20 ms; latency from publish to SMTP accepted.
-        rate = peak / 2
+        rate = results["peak_emails_per_s"] / 2
         sent_at: dict[str, float] = {}
         ticks = int(STEADY_SECONDS / 0.02)
         begin = time.perf_counter()
@@ -145,51 +231,64 @@ async def measure(kafka_bootstrap: str, mongodb_uri: str) -> dict[str, Any]:
         for tick in range(ticks):
             for _ in range(int(rate * 0.02 * (tick + 1)) - n):  # exactly ``rate`` per second over time
                 event, email = changed(n, run + "s")
-                envelope = Envelope.wrap(event, source="bench", time=service.runtime.clock.now())
+                envelope = Envelope.wrap(event, source="bench", time=clock.now())
                 await producer.send(topic, envelope.to_bytes(), key=envelope.subject.encode())
                 sent_at[delivery_id(envelope.id, "email", email)] = time.time()
                 n += 1
             await asyncio.sleep(max(0.0, begin + (tick + 1) * 0.02 - time.perf_counter()))
         await producer.flush()
+        sent.extend(sent_at)
         await _until(lambda: arrivals.count(sent_at) == len(sent_at), 600)
         latencies = sorted((arrivals.at[i] - t) * 1000 for i, t in sent_at.items())
         results["steady_rate_per_s"] = n / (time.perf_counter() - begin)
         results["steady_p50_ms"] = statistics.median(latencies)
         results["steady_p99_ms"] = latencies[int(len(latencies) * 0.99) - 1]
         results["steady_messages"] = n
+
+        if REPLICAS > 1:  # what one process alone does, on the same machine, in the same run
+            await replicas.stop(keep=1)
+            await warm_up("w1")
+            results["peak_one_replica_emails_per_s"] = await peak("p1")
+        await asyncio.sleep(1)  # anything sent twice would arrive now
+        arrivals.refresh()
+        results["emails_sent_twice"] = len(arrivals.twice)
+        results["emails_never_sent"] = sum(1 for i in sent if i not in arrivals.at)
     finally:
         await producer.stop()
-        await service.runtime.stop()
+        await replicas.stop()
         smtp.terminate()
         await smtp.wait()
+    if results["emails_sent_twice"] or results["emails_never_sent"]:
+        raise AssertionError(f"every email must arrive exactly once: {results}")
 
     backbone_rate = (await backbone(kafka_bootstrap, mongodb_uri, steady_s=None))["backbone_peak_events_per_s"]
     results["backbone_events_per_s"] = backbone_rate
     results["share_of_backbone"] = results["peak_emails_per_s"] / backbone_rate
-    raw = await backbone_consume_rate(kafka_bootstrap, mongodb_uri, settings, topic, PEAK_EVENTS)
+    raw = await backbone_consume_rate(kafka_bootstrap, mongodb_uri, namespace, database, topic, len(sent))
     results["raw_consume_per_s"] = raw
     results["share_of_raw_consume"] = results["peak_emails_per_s"] / raw
-    idempotent = await backbone_consume_rate(kafka_bootstrap, mongodb_uri, settings, topic, PEAK_EVENTS, store=True)
+    idempotent = await backbone_consume_rate(kafka_bootstrap, mongodb_uri, namespace, database, topic, len(sent),
+                                             store=True)
     results["idempotent_consume_per_s"] = idempotent
     results["share_of_idempotent_consume"] = results["peak_emails_per_s"] / idempotent
     results["events"] = PEAK_EVENTS
-    await remove_run(kafka_bootstrap, mongodb_uri, topic_namespace=settings.topic_namespace,
-                     database=settings.mongodb_database)
+    await remove_run(kafka_bootstrap, mongodb_uri, topic_namespace=namespace, database=database)
     results["target_emails_per_s_met"] = results["peak_emails_per_s"] >= TARGETS["emails_per_s"]
     results["target_share_met"] = results["share_of_backbone"] >= TARGETS["share_of_backbone"]
     results["target_p99_met"] = results["steady_p99_ms"] < TARGETS["p99_ms"]
     return results
 
 
-async def backbone_consume_rate(bootstrap: str, mongodb_uri: str, base: NotificationSettings, topic: str,
+async def backbone_consume_rate(bootstrap: str, mongodb_uri: str, namespace: str, database: str, topic: str,
                                 count: int, *, store: bool = False) -> float:
-    """The shared consumer alone over the events already published: a handler that does nothing
-    (the raw rate), or, with ``store``, the smallest idempotent handler the architecture allows
-    (one DocumentStore insert that records the event as applied)."""
+    """The shared consumer alone over the events already published (``count`` of them, on
+    ``topic``): a handler that does nothing (the raw rate), or, with ``store``, the smallest
+    idempotent handler the architecture allows (one DocumentStore insert that records the event as
+    applied)."""
     settings = ServiceSettings(
         service_name=f"bench-backbone-{uuid.uuid4().hex[:6]}", kafka_bootstrap_servers=bootstrap,
-        mongodb_uri=mongodb_uri, mongodb_database=base.mongodb_database, topic_namespace=base.topic_namespace,
-        http_port=0, consumer_batch_max=base.consumer_batch_max,
+        mongodb_uri=mongodb_uri, mongodb_database=database, topic_namespace=namespace,
+        http_port=0, consumer_batch_max=CONSUMER_BATCH_MAX,
     )
     runtime = ServiceRuntime(settings)
     consumer = runtime.consumer()
@@ -208,19 +307,19 @@ async def backbone_consume_rate(bootstrap: str, mongodb_uri: str, base: Notifica
     consumer.add(PasswordChanged, handle)
     await runtime.start()
     try:
-        await _until(lambda: len(seen) >= count + 200, 600)
+        await _until(lambda: len(seen) >= count, 600)
     finally:
         await runtime.stop()
-    window = seen[: count + 200]
+    window = seen[:count]
     return (len(window) - 1) / (window[-1] - window[0])
 
 
-async def _until(condition: Any, timeout: float) -> None:
+async def _until(condition: Any, timeout: float, *, every: float = 0.2) -> None:
     # Every figure comes from the arrival times the SMTP server wrote down, not from when this
     # loop notices: it looks every 0.2 s, so as not to take CPU from the service it measures.
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError("the benchmark did not complete in time")
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(every)
 
