@@ -50,7 +50,13 @@ func main() {
 	listenAddr := flag.String("listen-addr", "127.0.0.1:27017", "TCP address to listen on")
 	dataDir := flag.String("data-dir", "data", "directory holding the SQLite database files (created if missing)")
 	logLevel := flag.String("log-level", "warn", "FerretDB log level: debug, info, warn or error")
+	synchronous := flag.String("sqlite-synchronous", "normal",
+		"SQLite's synchronous setting: normal (sync at checkpoints, like MongoDB's default write concern) or full (sync every commit)")
 	flag.Parse()
+	if *synchronous != "normal" && *synchronous != "full" {
+		fmt.Fprintf(os.Stderr, "invalid -sqlite-synchronous %q: normal or full\n", *synchronous)
+		os.Exit(2)
+	}
 
 	// FerretDB logs every client connection at INFO; keep it at -log-level
 	// (WARN by default) while our own start/stop lines are always INFO.
@@ -63,13 +69,13 @@ func main() {
 	}
 	ferretLogger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
-	if err := run(logger, ferretLogger, *listenAddr, *dataDir); err != nil {
+	if err := run(logger, ferretLogger, *listenAddr, *dataDir, *synchronous); err != nil {
 		logger.Error("leaseline-ferretdb failed", "error", err)
 		os.Exit(1)
 	}
 }
 
-func run(logger, ferretLogger *slog.Logger, listenAddr, dataDir string) error {
+func run(logger, ferretLogger *slog.Logger, listenAddr, dataDir, synchronous string) error {
 	absDir, err := filepath.Abs(dataDir)
 	if err != nil {
 		return fmt.Errorf("resolving data dir: %w", err)
@@ -105,8 +111,9 @@ func run(logger, ferretLogger *slog.Logger, listenAddr, dataDir string) error {
 		Listener: ferretdb.ListenerConfig{Unix: internalSocket},
 		Logger:   ferretLogger,
 		Handler:  "sqlite",
-		// The SQLite handler wants a directory URL with a trailing slash.
-		SQLiteURL: "file:" + filepath.ToSlash(absDir) + "/",
+		// The SQLite handler wants a directory URL with a trailing slash. FerretDB adds its own
+		// pragmas (WAL, busy timeout) to the ones given here.
+		SQLiteURL: "file:" + filepath.ToSlash(absDir) + "/?_pragma=synchronous(" + synchronous + ")",
 	})
 	if err != nil {
 		return err
