@@ -120,6 +120,22 @@ class Replicas:
         for process, port in zip(self.processes, ports, strict=True):
             await _until(lambda process=process, port=port: _ready(process, port), 120, every=0.25)
 
+    async def settled(self, *, idle_share: float = 0.1, window_s: float = 0.5, timeout: float = 30.0) -> None:
+        """Until the replicas use less than ``idle_share`` of a core each over ``window_s``: the
+        work a burst leaves behind once its emails are accepted (outcomes written and published,
+        finished deliveries archived) is done, and a measurement that follows starts from rest."""
+        deadline = time.monotonic() + timeout
+        before = _cpu_seconds(self.processes)
+        while time.monotonic() < deadline:
+            await asyncio.sleep(window_s)
+            now = _cpu_seconds(self.processes)
+            if now is None or before is None:  # no /proc here: a fixed pause instead
+                await asyncio.sleep(5)
+                return
+            if all(b - a < idle_share * window_s for a, b in zip(before, now, strict=True)):
+                return
+            before = now
+
     async def stop(self, keep: int = 0) -> None:
         leaving, self.processes = self.processes[keep:], self.processes[:keep]
         for process in leaving:
@@ -127,6 +143,16 @@ class Replicas:
                 process.terminate()
         for process in leaving:
             await process.wait()
+
+
+def _cpu_seconds(processes: list[asyncio.subprocess.Process]) -> list[float] | None:
+    """CPU time (user + system) each process used so far, from Linux's /proc; None elsewhere."""
+    try:
+        fields = [Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split() for p in processes]
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return [(int(f[11]) + int(f[12])) / ticks for f in fields]
 
 
 def _ready(process: asyncio.subprocess.Process, port: int) -> bool:
@@ -215,12 +241,14 @@ async def measure(kafka_bootstrap: str, mongodb_uri: str) -> dict[str, Any]:
         warm, warm_ids = burst_of(200, tag)
         await publish_burst(producer, topic, warm)
         await _until(lambda: arrivals.count(warm_ids) == len(warm_ids), 120)
+        await replicas.settled()
 
     await producer.start()
     try:
         await replicas.start()
         await warm_up("w")
         results["peak_emails_per_s"] = await peak("p")
+        await replicas.settled()
 
         # Steady: half the peak, paced every 20 ms; latency from publish to SMTP accepted.
         rate = results["peak_emails_per_s"] / 2
