@@ -29,6 +29,11 @@ class ServiceSettings(BaseSettings):
     consumer_backoff_max_s: float = Field(default=10.0, gt=0)
     consumer_batch_max: int = Field(default=500, ge=1)
     consumer_concurrency: int = Field(default=64, ge=1)
+    # The broker answers a fetch once it has this many bytes for the consumer, or after this
+    # long: under a steady trickle, a fetch per record or two cost the broker and the consumer
+    # more CPU than the records (docs/assumptions.md); at most 25 ms more on an event's way.
+    consumer_fetch_min_bytes: int = Field(default=65536, ge=1)
+    consumer_fetch_max_wait_ms: int = Field(default=25, ge=0, le=500)
     relay_batch_max: int = Field(default=500, ge=1)
     relay_idle_poll_s: float = Field(default=0.2, gt=0)
     #: Every so often the relay reads whole collections for events its own writes did not name

@@ -209,6 +209,8 @@ class EventConsumer:
             batch_timeout_ms=100,
             auto_offset_reset="earliest",
             max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
+            fetch_min_bytes=self._settings.consumer_fetch_min_bytes,
+            fetch_max_wait_ms=self._settings.consumer_fetch_max_wait_ms,
             ack_policy=AckPolicy.MANUAL,
             decoder=_undecoded,
         )
