@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,6 @@ class TemplateRenderer:
         self._words: dict[str, dict[str, str]] = {}
         self._literal: dict[tuple[str, str], str | None] = {}  # blocks that are plain text, rendered once
         self._common_done: dict[tuple[str, str], str] = {}  # plain-text common blocks, tidied and typeset
-        self._signatures: dict[str, tuple[str, tuple[Paragraph, ...]]] = {}
 
     # --- finding blocks along the locale chain -------------------------------------------------
 
@@ -242,7 +242,7 @@ class TemplateRenderer:
             action=action,
             link=link,
             link_hint=common["link_hint"],
-            signature=self._signature(locale, common["signature"]),
+            signature=_paragraphs_of_plain_text(common["signature"]),
             footer=footer,
             unsubscribe=common["unsubscribe"],
             unsubscribe_url=unsubscribe_url,
@@ -264,12 +264,6 @@ class TemplateRenderer:
             self._common_done[key] = text
         return text
 
-    def _signature(self, locale: str, signature: str) -> tuple[Paragraph, ...]:
-        made = self._signatures.get(locale)
-        if made is None or made[0] != signature:
-            made = self._signatures[locale] = (signature, tuple(paragraphs(signature)))
-        return made[1]
-
     def sms(self, template: str, locale: str, context: Mapping[str, Any]) -> RenderedSms:
         text = normalise(" ".join(self._block(f"{template}.sms", "text", locale, context).split()))
         counted = segments(text)
@@ -289,6 +283,12 @@ def paragraphs(text: str) -> list[Paragraph]:
         bullets = all(line.startswith("- ") for line in lines)
         result.append(Paragraph(tuple(line[2:] for line in lines) if bullets else lines, bullets))
     return result
+
+
+@lru_cache(maxsize=64)
+def _paragraphs_of_plain_text(text: str) -> tuple[Paragraph, ...]:
+    """``paragraphs`` of a text that recurs in every email of a locale (the signature)."""
+    return tuple(paragraphs(text))
 
 
 def _one_line(text: str) -> str:
