@@ -219,14 +219,17 @@ async def measure(kafka_bootstrap: str, mongodb_uri: str) -> dict[str, Any]:
     results: dict[str, Any] = {"replicas": REPLICAS, "partitions": 2 * REPLICAS}
     sent: list[str] = []  # every notification the run asked for
 
+    def notification(i: int, tag: str) -> tuple[Envelope, str]:
+        """The ``i``-th event of a phase and the id of the email it must lead to."""
+        event, email = changed(i, run + tag)
+        envelope = Envelope.wrap(event, source="bench", time=clock.now())
+        return envelope, delivery_id(envelope.id, "email", email)
+
     def burst_of(count: int, tag: str) -> tuple[list[Envelope], list[str]]:
-        envelopes, ids = [], []
-        for i in range(count):
-            event, email = changed(i, run + tag)
-            envelopes.append(Envelope.wrap(event, source="bench", time=clock.now()))
-            ids.append(delivery_id(envelopes[-1].id, "email", email))
+        pairs = [notification(i, tag) for i in range(count)]
+        ids = [notification_id for _, notification_id in pairs]
         sent.extend(ids)
-        return envelopes, ids
+        return [envelope for envelope, _ in pairs], ids
 
     async def peak(tag: str) -> float:
         """A burst published as fast as possible, until every email is accepted."""
@@ -258,10 +261,9 @@ async def measure(kafka_bootstrap: str, mongodb_uri: str) -> dict[str, Any]:
         n = 0
         for tick in range(ticks):
             for _ in range(int(rate * 0.02 * (tick + 1)) - n):  # exactly ``rate`` per second over time
-                event, email = changed(n, run + "s")
-                envelope = Envelope.wrap(event, source="bench", time=clock.now())
+                envelope, notification_id = notification(n, "s")
                 await producer.send(topic, envelope.to_bytes(), key=envelope.subject.encode())
-                sent_at[delivery_id(envelope.id, "email", email)] = time.time()
+                sent_at[notification_id] = time.time()
                 n += 1
             await asyncio.sleep(max(0.0, begin + (tick + 1) * 0.02 - time.perf_counter()))
         await producer.flush()
