@@ -53,10 +53,6 @@ func main() {
 	synchronous := flag.String("sqlite-synchronous", "normal",
 		"SQLite's synchronous setting: normal (sync at checkpoints, like MongoDB's default write concern) or full (sync every commit)")
 	flag.Parse()
-	if *synchronous != "normal" && *synchronous != "full" {
-		fmt.Fprintf(os.Stderr, "invalid -sqlite-synchronous %q: normal or full\n", *synchronous)
-		os.Exit(2)
-	}
 
 	// FerretDB logs every client connection at INFO; keep it at -log-level
 	// (WARN by default) while our own start/stop lines are always INFO.
@@ -68,6 +64,10 @@ func main() {
 		os.Exit(2)
 	}
 	ferretLogger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if *synchronous != "normal" && *synchronous != "full" {
+		logger.Error("invalid -sqlite-synchronous: normal or full", "value", *synchronous)
+		os.Exit(2)
+	}
 
 	if err := run(logger, ferretLogger, *listenAddr, *dataDir, *synchronous); err != nil {
 		logger.Error("leaseline-ferretdb failed", "error", err)
