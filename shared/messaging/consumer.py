@@ -57,6 +57,7 @@ from shared.events.registry import UnknownEvent, dead_letter_topic, event_class,
 from shared.logging import log_context
 from shared.messaging.dead_letters import park_headers, replay_target, truncated_copy
 from shared.messaging.errors import is_transient
+from shared.messaging.fetch_pacing import IDLE_MAX_WAIT_MS, IDLE_MIN_BYTES, FetchPacing
 from shared.runtime.metrics import Metrics
 from shared.settings import ServiceSettings
 
@@ -171,6 +172,7 @@ class EventConsumer:
         self._sleep = sleep
         self._routes: dict[tuple[str, int], _Route[Any]] = {}
         self._dead_letters: DeadLetterSink | None = None
+        self._pacing = FetchPacing(settings.consumer_fetch_min_bytes, settings.consumer_fetch_max_wait_ms)
 
     def on(self, event_cls: type[E]) -> Callable[[Handler[E]], Handler[E]]:
         """Decorator: ``@consumer.on(CustomerRegistered)`` above ``async def handler(event, delivery)``."""
@@ -209,8 +211,8 @@ class EventConsumer:
             batch_timeout_ms=100,
             auto_offset_reset="earliest",
             max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
-            fetch_min_bytes=self._settings.consumer_fetch_min_bytes,
-            fetch_max_wait_ms=self._settings.consumer_fetch_max_wait_ms,
+            fetch_min_bytes=IDLE_MIN_BYTES,  # until the first batch: see shared.messaging.fetch_pacing
+            fetch_max_wait_ms=IDLE_MAX_WAIT_MS,
             ack_policy=AckPolicy.MANUAL,
             decoder=_undecoded,
         )
@@ -222,6 +224,7 @@ class EventConsumer:
     async def handle_batch(self, message: Any) -> None:
         """Handle or park every record of a FastStream batch message, then commit it."""
         records: tuple[ConsumerRecord[Any, Any], ...] = message.raw_message
+        self._pacing.batch_arrived(message.consumer)
         self._record_lag(message, _first_not_done(records, done=False))
         try:
             await self.process(records)
@@ -274,6 +277,7 @@ class EventConsumer:
     def stopping(self) -> None:
         """From now on each batch's commit is awaited before its handling ends (graceful stop)."""
         self._stopping = True
+        self._pacing.stop()
 
     async def settle(self) -> None:
         """Wait for the commits under way."""

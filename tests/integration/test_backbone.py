@@ -20,6 +20,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.consumer import fetcher as aiokafka_fetcher
 from bson.int64 import Int64
 from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
@@ -838,3 +839,47 @@ async def test_make_run_interrupted_during_start_up_stops_what_it_had_started(
     assert await asyncio.to_thread(run.interrupt_and_wait, 60) == 0, run.output()
     assert_nothing_left(run, before)
     assert "Leaseline is starting" not in run.output(), "interrupted before the services, as intended"
+
+
+async def test_an_idle_consumer_lets_the_broker_hold_its_fetches_and_a_busy_one_gathers_batches(
+    settings: ServiceSettings, runtimes: list[ServiceRuntime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the real client asks the real broker for, idle, busy and idle again (shared.messaging.fetch_pacing)."""
+    asked: list[tuple[float, int, int]] = []  # when, max wait (ms), min bytes: every fetch request built
+    real_request = aiokafka_fetcher.FetchRequest
+
+    def spy(max_wait_ms: int, min_bytes: int, *rest: Any, **named: Any) -> Any:
+        asked.append((time.monotonic(), max_wait_ms, min_bytes))
+        return real_request(max_wait_ms, min_bytes, *rest, **named)
+
+    monkeypatch.setattr(aiokafka_fetcher, "FetchRequest", spy)
+    runtime = ServiceRuntime(settings)
+    consumer = runtime.consumer("paced")
+    handled: list[float] = []
+
+    @consumer.on(CustomerActivated)
+    async def handle(event: CustomerActivated, delivery: Delivery) -> None:
+        handled.append(time.monotonic())
+
+    await runtime.start()
+    runtimes.append(runtime)
+    await eventually(lambda: len(asked) > 0 or None, 30, "the first fetch")
+
+    def asked_between(start: float, end: float) -> list[tuple[int, int]]:
+        return [(wait, least) for at, wait, least in asked if start <= at < end]
+
+    start = time.monotonic()
+    await asyncio.sleep(2)
+    idle = asked_between(start, start + 2)
+    assert set(idle) == {(500, 1)} and len(idle) <= 8, f"idle: {len(idle)} fetches in 2 s, {set(idle)}"
+
+    topic = topic_for("customer.activated", settings.topic_namespace)
+    await publish_raw(settings, topic, [(f"cus_{i}".encode(), wire(activation(runtime, f"cus_{i}"))) for i in range(300)])
+    await eventually(lambda: len(handled) == 300 or None, 30, "every event handled")
+    busy = asked_between(handled[0], handled[-1] + 0.5)
+    assert (25, 65536) in busy, f"busy: {busy}"
+
+    quiet_from = handled[-1] + 1.5  # a second without a batch, and the fetch in flight then answered
+    await asyncio.sleep(max(0.0, quiet_from + 2 - time.monotonic()))
+    idle_again = asked_between(quiet_from, quiet_from + 2)
+    assert set(idle_again) == {(500, 1)} and len(idle_again) <= 8, f"idle again: {idle_again}"
