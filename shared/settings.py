@@ -34,6 +34,9 @@ class ServiceSettings(BaseSettings):
     # more CPU than the records (docs/assumptions.md); at most 25 ms more on an event's way.
     consumer_fetch_min_bytes: int = Field(default=65536, ge=1)
     consumer_fetch_max_wait_ms: int = Field(default=25, ge=0, le=500)
+    # Handled offsets are committed at most this often (0: after every batch); see
+    # EventConsumer._commit_handled. A crash redelivers at most this much more, to idempotent handlers.
+    consumer_commit_interval_s: float = Field(default=0.25, ge=0, le=5)
     relay_batch_max: int = Field(default=500, ge=1)
     relay_idle_poll_s: float = Field(default=0.2, gt=0)
     #: Every so often the relay reads whole collections for events its own writes did not name

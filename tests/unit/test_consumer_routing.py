@@ -34,8 +34,9 @@ def activated(customer_id: str = "cus_1", **overrides: Any) -> bytes:
 
 
 class Harness:
-    def __init__(self, max_attempts: int = 3) -> None:
-        settings = ServiceSettings(service_name="test", consumer_max_attempts=max_attempts)
+    def __init__(self, max_attempts: int = 3, commit_interval_s: float = 0.25) -> None:
+        settings = ServiceSettings(service_name="test", consumer_max_attempts=max_attempts,
+                                   consumer_commit_interval_s=commit_interval_s)
         self.sleeps: list[float] = []
         self.parked: list[tuple[str, dict[str, str]]] = []
         self.parked_values: list[bytes | None] = []
@@ -502,3 +503,31 @@ async def test_once_stopping_a_batch_is_done_only_when_its_commit_has_landed() -
     h.consumer.stopping()
     await h.consumer.handle_batch(SlowCommits([record(activated(), 5)], 0.1, landed))
     assert landed == [{TopicPartition(TOPIC, 0): 6}]
+
+
+async def test_batches_handled_within_the_commit_interval_are_committed_together_and_settle_commits_at_once() -> None:
+    h = Harness(commit_interval_s=0.3)
+
+    @h.consumer.on(CustomerActivated)
+    async def handle(event: CustomerActivated, delivery: Delivery) -> None:
+        pass
+
+    first, second, third = (FakeBatch([record(activated(), offset)]) for offset in (0, 1, 2))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await h.consumer.handle_batch(first)
+    await asyncio.sleep(0.05)
+    assert first.committed == {TopicPartition(TOPIC, 0): 1}, "the first batch after a quiet spell: at once"
+    await h.consumer.handle_batch(second)
+    await h.consumer.handle_batch(third)
+    await asyncio.sleep(0.1)
+    assert second.calls == [] and third.calls == [], "not before the interval is over"
+    await asyncio.wait_for(h.consumer._committer, 1)  # type: ignore[arg-type]
+    assert loop.time() - started >= 0.3
+    assert second.calls == [] and third.committed == {TopicPartition(TOPIC, 0): 3}, "one commit for both"
+
+    fourth = FakeBatch([record(activated(), 3)])
+    await h.consumer.handle_batch(fourth)
+    before = loop.time()
+    await h.consumer.settle()
+    assert fourth.committed == {TopicPartition(TOPIC, 0): 4} and loop.time() - before < 0.1, "settle does not wait"
