@@ -246,63 +246,65 @@ async def measure(kafka_bootstrap: str, mongodb_uri: str) -> dict[str, Any]:
         await _until(lambda: arrivals.count(warm_ids) == len(warm_ids), 120)
         await replicas.settled()
 
-    await producer.start()
-    try:
-        await replicas.start()
-        await warm_up("w")
-        results["peak_emails_per_s"] = await peak("p")
-        await replicas.settled()
+    try:  # the run's database and topics go, whatever happens
+        await producer.start()
+        try:
+            await replicas.start()
+            await warm_up("w")
+            results["peak_emails_per_s"] = await peak("p")
+            await replicas.settled()
 
-        # Steady: half the peak, paced every 20 ms; latency from publish to SMTP accepted.
-        rate = results["peak_emails_per_s"] / 2
-        sent_at: dict[str, float] = {}
-        ticks = int(STEADY_SECONDS / 0.02)
-        begin = time.perf_counter()
-        n = 0
-        for tick in range(ticks):
-            for _ in range(int(rate * 0.02 * (tick + 1)) - n):  # exactly ``rate`` per second over time
-                envelope, notification_id = notification(n, "s")
-                await producer.send(topic, envelope.to_bytes(), key=envelope.subject.encode())
-                sent_at[notification_id] = time.time()
-                n += 1
-            await asyncio.sleep(max(0.0, begin + (tick + 1) * 0.02 - time.perf_counter()))
-        await producer.flush()
-        sent.extend(sent_at)
-        await _until(lambda: arrivals.count(sent_at) == len(sent_at), 600)
-        latencies = sorted((arrivals.at[i] - t) * 1000 for i, t in sent_at.items())
-        results["steady_rate_per_s"] = n / (time.perf_counter() - begin)
-        results["steady_p50_ms"] = statistics.median(latencies)
-        results["steady_p99_ms"] = latencies[int(len(latencies) * 0.99) - 1]
-        results["steady_messages"] = n
+            # Steady: half the peak, paced every 20 ms; latency from publish to SMTP accepted.
+            rate = results["peak_emails_per_s"] / 2
+            sent_at: dict[str, float] = {}
+            ticks = int(STEADY_SECONDS / 0.02)
+            begin = time.perf_counter()
+            n = 0
+            for tick in range(ticks):
+                for _ in range(int(rate * 0.02 * (tick + 1)) - n):  # exactly ``rate`` per second over time
+                    envelope, notification_id = notification(n, "s")
+                    await producer.send(topic, envelope.to_bytes(), key=envelope.subject.encode())
+                    sent_at[notification_id] = time.time()
+                    n += 1
+                await asyncio.sleep(max(0.0, begin + (tick + 1) * 0.02 - time.perf_counter()))
+            await producer.flush()
+            sent.extend(sent_at)
+            await _until(lambda: arrivals.count(sent_at) == len(sent_at), 600)
+            latencies = sorted((arrivals.at[i] - t) * 1000 for i, t in sent_at.items())
+            results["steady_rate_per_s"] = n / (time.perf_counter() - begin)
+            results["steady_p50_ms"] = statistics.median(latencies)
+            results["steady_p99_ms"] = latencies[int(len(latencies) * 0.99) - 1]
+            results["steady_messages"] = n
 
-        if REPLICAS > 1:  # what one process alone does, on the same machine, in the same run
-            await replicas.stop(keep=1)
-            await warm_up("w1")
-            results["peak_one_replica_emails_per_s"] = await peak("p1")
-        await asyncio.sleep(1)  # anything sent twice would arrive now
-        arrivals.refresh()
-        results["emails_sent_twice"] = len(arrivals.twice)
-        results["emails_never_sent"] = sum(1 for i in sent if i not in arrivals.at)
+            if REPLICAS > 1:  # what one process alone does, on the same machine, in the same run
+                await replicas.stop(keep=1)
+                await warm_up("w1")
+                results["peak_one_replica_emails_per_s"] = await peak("p1")
+            await asyncio.sleep(1)  # anything sent twice would arrive now
+            arrivals.refresh()
+            results["emails_sent_twice"] = len(arrivals.twice)
+            results["emails_never_sent"] = sum(1 for i in sent if i not in arrivals.at)
+        finally:
+            await producer.stop()
+            await replicas.stop()
+            smtp.terminate()
+            await smtp.wait()
+        if results["emails_sent_twice"] or results["emails_never_sent"]:
+            raise AssertionError(f"every email must arrive exactly once: {results}")
+
+        backbone_rate = (await backbone(kafka_bootstrap, mongodb_uri, steady_s=None))["backbone_peak_events_per_s"]
+        results["backbone_events_per_s"] = backbone_rate
+        results["share_of_backbone"] = results["peak_emails_per_s"] / backbone_rate
+        raw = await backbone_consume_rate(kafka_bootstrap, mongodb_uri, namespace, database, topic, len(sent))
+        results["raw_consume_per_s"] = raw
+        results["share_of_raw_consume"] = results["peak_emails_per_s"] / raw
+        idempotent = await backbone_consume_rate(kafka_bootstrap, mongodb_uri, namespace, database, topic, len(sent),
+                                                 store=True)
+        results["idempotent_consume_per_s"] = idempotent
+        results["share_of_idempotent_consume"] = results["peak_emails_per_s"] / idempotent
+        results["events"] = PEAK_EVENTS
     finally:
-        await producer.stop()
-        await replicas.stop()
-        smtp.terminate()
-        await smtp.wait()
-    if results["emails_sent_twice"] or results["emails_never_sent"]:
-        raise AssertionError(f"every email must arrive exactly once: {results}")
-
-    backbone_rate = (await backbone(kafka_bootstrap, mongodb_uri, steady_s=None))["backbone_peak_events_per_s"]
-    results["backbone_events_per_s"] = backbone_rate
-    results["share_of_backbone"] = results["peak_emails_per_s"] / backbone_rate
-    raw = await backbone_consume_rate(kafka_bootstrap, mongodb_uri, namespace, database, topic, len(sent))
-    results["raw_consume_per_s"] = raw
-    results["share_of_raw_consume"] = results["peak_emails_per_s"] / raw
-    idempotent = await backbone_consume_rate(kafka_bootstrap, mongodb_uri, namespace, database, topic, len(sent),
-                                             store=True)
-    results["idempotent_consume_per_s"] = idempotent
-    results["share_of_idempotent_consume"] = results["peak_emails_per_s"] / idempotent
-    results["events"] = PEAK_EVENTS
-    await remove_run(kafka_bootstrap, mongodb_uri, topic_namespace=namespace, database=database)
+        await remove_run(kafka_bootstrap, mongodb_uri, topic_namespace=namespace, database=database)
     results["target_emails_per_s_met"] = results["peak_emails_per_s"] >= TARGETS["emails_per_s"]
     results["target_share_met"] = results["share_of_backbone"] >= TARGETS["share_of_backbone"]
     results["target_p99_met"] = results["steady_p99_ms"] < TARGETS["p99_ms"]
