@@ -141,6 +141,8 @@ class _Batch:
 #: within it is evicted from its group. A batch is given up long before (``BATCH_BUDGET_S``).
 MAX_POLL_INTERVAL_MS = 300_000
 BATCH_BUDGET_S = MAX_POLL_INTERVAL_MS / 1000 / 3
+#: How long a stop waits for the last commit (see ``EventConsumer.settle``).
+SETTLE_TIMEOUT_S = 10.0
 #: Records parked by a batch that was then given up, so that reading it again does not park them
 #: twice; forgotten once committed (nothing before a commit is read again by this process).
 _PARKED_MEMORY = 10_000
@@ -302,12 +304,18 @@ class EventConsumer:
         self._stopping = True
         self._pacing.stop()
 
-    async def settle(self) -> None:
-        """Commit what was handled now, without waiting for the interval, and wait for it."""
+    async def settle(self, timeout_s: float = SETTLE_TIMEOUT_S) -> None:
+        """Commit what was handled now, without waiting for the interval, and wait for it, but not
+        forever: aiokafka retries a commit until the broker answers, and a process asked to stop
+        while the broker is away must still stop. What is left uncommitted is delivered again."""
         self._commit_now.set()
         try:
-            if self._committer is not None:
-                await asyncio.wait([self._committer])
+            if self._committer is not None and not self._committer.done():
+                _, pending = await asyncio.wait([self._committer], timeout=timeout_s)
+                if pending:
+                    self._committer.cancel()
+                    log.warning("offsets not committed in time; their records will be delivered again",
+                                extra={"timeout_s": timeout_s, "partitions": len(self._uncommitted)})
         finally:
             self._commit_now.clear()
 

@@ -387,7 +387,7 @@ def own_broker(tmp_path: Path) -> Any:
 
 
 async def test_a_broker_killed_and_restarted_in_the_middle_of_a_stream_loses_nothing(
-    settings: ServiceSettings, mongo: Any, runtimes: list[ServiceRuntime], own_broker: Any
+    settings: ServiceSettings, mongo: Any, own_broker: Any, runtimes: list[ServiceRuntime]  # services stop first
 ) -> None:
     settings = settings.model_copy(update={"kafka_bootstrap_servers": own_broker.bootstrap_servers})
     runtime, accounts = await writer(settings, runtimes, relay=True)

@@ -531,3 +531,24 @@ async def test_batches_handled_within_the_commit_interval_are_committed_together
     before = loop.time()
     await h.consumer.settle()
     assert fourth.committed == {TopicPartition(TOPIC, 0): 4} and loop.time() - before < 0.1, "settle does not wait"
+
+
+async def test_a_stop_does_not_wait_forever_for_a_commit_the_broker_never_answers(caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness()
+
+    @h.consumer.on(CustomerActivated)
+    async def handle(event: CustomerActivated, delivery: Delivery) -> None:
+        pass
+
+    class Unanswered(FakeBatch):
+        async def commit(self, offsets: dict[Any, int]) -> None:
+            self.calls.append("commit")
+            await asyncio.Event().wait()  # aiokafka retries until a broker answers
+
+    batch = Unanswered([record(activated(), 0)])
+    await h.consumer.handle_batch(batch)
+    h.consumer.stopping()
+    with caplog.at_level(logging.WARNING):
+        await asyncio.wait_for(h.consumer.settle(timeout_s=0.2), 2)
+    assert batch.calls == ["commit"] and batch.committed == {}
+    assert any("delivered again" in r.getMessage() for r in caplog.records)
