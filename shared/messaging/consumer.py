@@ -315,7 +315,7 @@ class EventConsumer:
                 if pending:
                     self._committer.cancel()
                     log.warning("offsets not committed in time; their records will be delivered again",
-                                extra={"timeout_s": timeout_s, "partitions": len(self._uncommitted)})
+                                extra={"timeout_s": timeout_s})
         finally:
             self._commit_now.clear()
 
