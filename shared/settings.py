@@ -29,9 +29,10 @@ class ServiceSettings(BaseSettings):
     consumer_backoff_max_s: float = Field(default=10.0, gt=0)
     consumer_batch_max: int = Field(default=500, ge=1)
     consumer_concurrency: int = Field(default=64, ge=1)
-    # The broker answers a fetch once it has this many bytes for the consumer, or after this
-    # long: under a steady trickle, a fetch per record or two cost the broker and the consumer
-    # more CPU than the records (docs/assumptions.md); at most 25 ms more on an event's way.
+    # While events flow, the broker answers a fetch once it has this many bytes for the consumer,
+    # or after this long: under a steady trickle, a fetch per record or two cost the broker and the
+    # consumer more CPU than the records (docs/assumptions.md); at most 25 ms more on an event's
+    # way. An idle consumer waits longer per fetch (shared.messaging.fetch_pacing).
     consumer_fetch_min_bytes: int = Field(default=65536, ge=1)
     consumer_fetch_max_wait_ms: int = Field(default=25, ge=0, le=500)
     # Handled offsets are committed at most this often (0: after every batch); see

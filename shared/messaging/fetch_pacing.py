@@ -52,15 +52,18 @@ class FetchPacing:
         if self._disabled:
             return
         fetcher = getattr(consumer, "_fetcher", None)
-        if fetcher is None or not all(hasattr(fetcher, a) for a in ("_fetch_min_bytes", "_fetch_max_wait_ms")):
-            self._disabled = True
-            log.warning("aiokafka's fetcher no longer has the fetch parameters this version set: "
-                        "consumers keep fetching as idle ones (one byte or 500 ms)")
-            return
-        self._fetcher = fetcher
+        new = fetcher is None or fetcher is not self._fetcher  # the first batch, or a consumer started again
+        if new:
+            if fetcher is None or not all(hasattr(fetcher, a) for a in ("_fetch_min_bytes", "_fetch_max_wait_ms")):
+                self._disabled = True
+                log.warning("aiokafka's fetcher no longer has the fetch parameters this version set: "
+                            "consumers keep fetching as idle ones (one byte or 500 ms)")
+                return
+            self._fetcher = fetcher
         self._last_batch = time.monotonic()
-        if self._timer is None:
+        if new or self._timer is None:
             self._set(*self._busy)
+        if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._idle_after_s, self._check)
 
     def _check(self) -> None:

@@ -36,6 +36,16 @@ async def test_a_batch_makes_the_consumer_busy_and_a_quiet_spell_idle_again() ->
     pacing.stop()
 
 
+async def test_a_consumer_started_again_while_busy_fetches_as_a_busy_one_too() -> None:
+    first, again, pacing = consumer(), consumer(), FetchPacing(65536, 25, idle_after_s=0.1)
+    pacing.batch_arrived(first)
+    pacing.batch_arrived(again)
+    assert asked(again) == (65536, 25)
+    await asyncio.sleep(0.15)
+    assert asked(again) == (IDLE_MIN_BYTES, IDLE_MAX_WAIT_MS), "and idle again with the one it now has"
+    pacing.stop()
+
+
 async def test_after_stop_nothing_changes_any_more() -> None:
     c, pacing = consumer(), FetchPacing(65536, 25, idle_after_s=0.05)
     pacing.batch_arrived(c)
