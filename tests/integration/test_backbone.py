@@ -21,6 +21,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.consumer import fetcher as aiokafka_fetcher
+from bson import ObjectId
 from bson.int64 import Int64
 from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
@@ -620,6 +621,27 @@ async def test_lookups_by_id_use_the_id_index(settings: ServiceSettings, mongo: 
         assert any("USING INDEX" in step and "__id_" in step for step in plan["queryPlanner"]["Plan"]), plan
     else:
         assert any(stage in str(plan["queryPlanner"]["winningPlan"]) for stage in ("IDHACK", "IXSCAN", "EXPRESS")), plan
+
+
+async def test_deletes_by_id_remove_exactly_what_mongodb_would(settings: ServiceSettings, mongo: Any) -> None:
+    """Finished deliveries leave their collection by ``{_id: {$in: [...]}}`` (DeliveryStore.release),
+    and FerretDB's patch 0006 deletes such filters by the ids without reading the documents. So its
+    answers are checked against MongoDB's rules: missing ids, one of several for delete_one, repeated
+    ids, and a string that spells an ObjectID's hex, which is another value (the JSON the index
+    holds is the same text for both)."""
+    documents = mongo[settings.mongodb_database]["deliveries"]
+    oid = ObjectId()
+    await documents.insert_many([{"_id": name, "n": 1} for name in ("a", "b", "c", "d", "e")] + [{"_id": oid}])
+
+    assert (await documents.delete_many({"_id": {"$in": ["a", "b", "missing", "a"]}})).deleted_count == 2
+    assert (await documents.delete_one({"_id": "missing"})).deleted_count == 0
+    assert (await documents.delete_one({"_id": {"$in": ["c", "d"]}})).deleted_count == 1
+    assert (await documents.delete_many({"_id": str(oid)})).deleted_count == 0
+    assert (await documents.delete_many({"_id": {"$in": [str(oid)]}})).deleted_count == 0
+    assert (await documents.delete_many({"_id": {"$in": ["e", oid]}})).deleted_count == 2
+    left = sorted(doc["_id"] for doc in await documents.find().to_list())
+    assert len(left) == 1 and left[0] in ("c", "d"), left
+    assert (await mongo[settings.mongodb_database]["never_created"].delete_many({"_id": {"$in": ["a"]}})).deleted_count == 0
 
 
 async def test_the_relay_sweep_finds_waiting_outboxes_through_the_index_with_mongodbs_answer(
