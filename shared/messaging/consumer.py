@@ -285,9 +285,8 @@ class EventConsumer:
 
     async def _commit(self, message: Any, offsets: dict[TopicPartition, int]) -> None:
         consumer = message.consumer
-        assigned = consumer.assignment() if hasattr(consumer, "assignment") else None
-        if assigned is not None:  # partitions a rebalance took away are the new owner's to commit
-            offsets = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+        assigned = consumer.assignment()  # partitions a rebalance took away are the new owner's to commit
+        offsets = {tp: offset for tp, offset in offsets.items() if tp in assigned}
         if not offsets:
             return
         try:
@@ -493,9 +492,7 @@ class EventConsumer:
     def _record_lag(self, message: Any, not_done: dict[TopicPartition, int]) -> None:
         """Lag per partition: messages from the first one not done. Set when a batch is fetched
         (from its first record) and again once it is committed (from the record after it)."""
-        consumer = getattr(message, "consumer", None)
-        if consumer is None or not hasattr(consumer, "highwater"):
-            return
+        consumer = message.consumer
         for tp, offset in not_done.items():
             highwater = consumer.highwater(tp)
             if highwater is not None:

@@ -225,12 +225,15 @@ class FakeBatch:
     """A FastStream batch message (and its Kafka consumer): its records, and whether it was
     committed (with which offsets) or rewound."""
 
-    def __init__(self, records: list[ConsumerRecord[Any, Any]], highwater: int = 0) -> None:
+    def __init__(self, records: list[ConsumerRecord[Any, Any]], highwater: int = 0,
+                 assigned: set[TopicPartition] | None = None) -> None:
         self.raw_message = tuple(records)
         self.calls: list[str] = []
         self.committed: dict[Any, int] = {}
         self.consumer = self
         self._highwater = highwater
+        # The partitions the consumer holds: those of its records, unless a rebalance says otherwise.
+        self._assigned = {TopicPartition(r.topic, r.partition) for r in records} if assigned is None else assigned
 
     async def commit(self, offsets: dict[Any, int]) -> None:
         self.calls.append("commit")
@@ -241,6 +244,9 @@ class FakeBatch:
 
     def highwater(self, tp: Any) -> int:
         return self._highwater
+
+    def assignment(self) -> set[TopicPartition]:
+        return self._assigned
 
 
 @pytest.mark.parametrize(
@@ -552,3 +558,19 @@ async def test_a_stop_does_not_wait_forever_for_a_commit_the_broker_never_answer
         await asyncio.wait_for(h.consumer.settle(timeout_s=0.2), 2)
     assert batch.calls == ["commit"] and batch.committed == {}
     assert any("delivered again" in r.getMessage() for r in caplog.records)
+
+
+async def test_offsets_of_partitions_a_rebalance_took_away_are_left_to_their_new_owner() -> None:
+    h = Harness(commit_interval_s=0.3)
+
+    @h.consumer.on(CustomerActivated)
+    async def handle(event: CustomerActivated, delivery: Delivery) -> None:
+        pass
+
+    kept, lost = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
+    moved = ConsumerRecord(TOPIC, 1, 7, 0, 0, b"cus_2", activated("cus_2"), None, 5, 0, [("ce_id", b"y")])
+    await h.consumer.handle_batch(FakeBatch([record(activated(), 0)]))  # committed at once; the interval starts
+    both = FakeBatch([record(activated(), 1), moved], assigned={kept})  # partition 1 went during the interval
+    await h.consumer.handle_batch(both)
+    await h.consumer.settle()
+    assert both.committed == {kept: 2}, "partition 1's offset is its new owner's to commit"
