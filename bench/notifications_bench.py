@@ -265,12 +265,13 @@ async def measure(kafka_bootstrap: str, mongodb_uri: str) -> dict[str, Any]:
                 await replicas.settled()
                 if not round_ % 2:
                     backbones.append(await backbone_peak(kafka_bootstrap, mongodb_uri))
+            shares = [p / b for p, b in zip(peaks, backbones, strict=True)]
             results["peak_emails_per_s"] = statistics.median(peaks)
             results["backbone_events_per_s"] = statistics.median(backbones)
-            results["share_of_backbone"] = statistics.median([p / b for p, b in zip(peaks, backbones, strict=True)])
+            results["share_of_backbone"] = statistics.median(shares)
             results["peak_per_round"] = [round(p, 1) for p in peaks]
             results["backbone_per_round"] = [round(b, 1) for b in backbones]
-            results["share_per_round"] = [round(p / b, 3) for p, b in zip(peaks, backbones, strict=True)]
+            results["share_per_round"] = [round(share, 3) for share in shares]
 
             # Steady: half the peak, paced every 20 ms; latency from publish to SMTP accepted.
             rate = results["peak_emails_per_s"] / 2
