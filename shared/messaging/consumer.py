@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -221,6 +222,7 @@ class EventConsumer:
             fetch_min_bytes=IDLE_MIN_BYTES,  # until the first batch: see shared.messaging.fetch_pacing
             fetch_max_wait_ms=IDLE_MAX_WAIT_MS,
             ack_policy=AckPolicy.MANUAL,
+            parser=_headers_left_alone,
             decoder=_undecoded,
         )
 
@@ -526,6 +528,22 @@ def _unreachable(error: BaseException) -> bool:
     """A dependency that does not answer at all (store or broker down), as opposed to one that
     refused or failed this particular message."""
     return isinstance(error, (ConnectionFailure, KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError))
+
+
+async def _headers_left_alone(
+    records: tuple[ConsumerRecord[Any, Any], ...], parse: Callable[[Any], Awaitable[Any]]
+) -> Any:
+    """FastStream's batch parser, fed the records without their headers; the message keeps the
+    records themselves.
+
+    FastStream 0.7.8 decodes every header value of a batch as UTF-8 before any handler runs, and a
+    binary or null value (Kafka allows both) raises there; FastStream logs nothing and, with manual
+    acknowledgement, neither rewinds nor commits, so the next batch's commit would skip the whole
+    batch, good events with it. This consumer reads the headers it needs from the records itself
+    (leniently, see ``_header`` and ``record_headers``), so FastStream need not read them at all."""
+    message = await parse(tuple(dataclasses.replace(record, headers=()) for record in records))
+    message.raw_message = records
+    return message
 
 
 def _undecoded(message: Any) -> Any:

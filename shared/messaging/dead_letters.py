@@ -1,7 +1,9 @@
 """Parking messages that cannot be handled, and re-publishing them once the cause is fixed.
 
 A parked message keeps its exact bytes, key and headers, and gains headers that say why and where
-it came from, and which consumer group parked it. ``python -m shared.messaging.dead_letters --help``
+it came from, and which consumer group parked it. (Header values travel as text: the publisher
+takes no other kind, so a binary value is kept as its UTF-8 reading, with replacement characters
+where it is not UTF-8, and a null one as empty.) ``python -m shared.messaging.dead_letters --help``
 lists and replays them.
 
 A replayed copy is meant for the group that parked it, and for no other: it carries that group in

@@ -141,12 +141,15 @@ async def _at_least(settings: ServiceSettings, mongo: Any, n: int) -> dict[str, 
     return tallies if len(tallies) >= n else None
 
 
-async def publish_raw(settings: ServiceSettings, topic: str, items: list[tuple[bytes, bytes]]) -> None:
+async def publish_raw(
+    settings: ServiceSettings, topic: str, items: list[tuple[bytes, bytes]],
+    headers: list[tuple[str, bytes | None]] | None = None,
+) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
     await producer.start()
     try:
         for key, value in items:
-            await producer.send_and_wait(topic, value, key=key)
+            await producer.send_and_wait(topic, value, key=key, headers=headers)
     finally:
         await producer.stop()
 
@@ -188,6 +191,29 @@ async def test_poison_messages_are_parked_with_their_reasons_while_good_ones_are
     assert all(p.original_topic == topic and p.reason for p in parked)
     assert parked[0].value == b"\x00\x01 not json at all", "parked bytes are the original bytes"
     assert "no schema version 42" in parked[2].reason
+
+
+async def test_records_with_binary_or_null_header_values_are_handled_or_parked_like_any_other(
+    settings: ServiceSettings, mongo: Any, runtimes: list[ServiceRuntime]
+) -> None:
+    # Kafka header values are bytes, or null: another team's producer (or a tracing agent) may
+    # well send either. Neither may make a batch, its good events with it, vanish unhandled.
+    runtime = ServiceRuntime(settings)
+    wire_consumer(runtime)
+    await runtime.start()
+    runtimes.append(runtime)
+    topic = topic_for("customer.activated", settings.topic_namespace)
+    key = b"cus_headers"
+    odd = [("trace-bin", b"\xff\xfe\x00"), ("trace-null", None)]
+    await publish_raw(settings, topic, [(key, wire(activation(runtime, "cus_headers"))) for _ in range(2)], odd)
+    await publish_raw(settings, topic, [(key, b"\x00 not json")], odd)
+    await publish_raw(settings, topic, [(key, wire(activation(runtime, "cus_headers")))])
+
+    assert await eventually(lambda: _at_least_count(settings, mongo, "cus_headers", 3), 30, "three events") == 3
+    parked = await eventually(lambda: _parked(settings, topic, 1), 30, "the undecodable one parked")
+    assert parked[0].value == b"\x00 not json"
+    assert parked[0].headers["dlq-reason-kind"] == "undecodable"
+    assert "trace-bin" in parked[0].headers and "trace-null" in parked[0].headers
 
 
 async def test_a_record_too_large_to_park_with_its_reasons_is_parked_truncated_and_the_stream_goes_on(
