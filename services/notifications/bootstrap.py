@@ -94,6 +94,8 @@ def build(
     sender = Sender.parse(settings.smtp_from)
 
     recipients = DocumentStore(runtime.db, RECIPIENTS)  # a projection: no events, not relayed
+    quiet = QuietHours(parse_clock(settings.quiet_hours_start), parse_clock(settings.quiet_hours_end),
+                       settings.default_time_zone)
     runtime.indexes(INDEXES)
     store = DeliveryStore(runtime.db)
     outcomes = OutcomeLog(store, clock, runtime.publish_now, source=settings.service_name,
@@ -119,6 +121,7 @@ def build(
         email=email,
         sms=sms,
         dead_letters=DeadLetterPublisher(runtime.broker),
+        recipients=recipients,
         keyring=keyring,
         clock=clock,
         policy=RetryPolicy(settings.delivery_max_attempts, settings.delivery_backoff_initial_s,
@@ -128,6 +131,7 @@ def build(
         settings=WorkerSettings(concurrency=settings.delivery_concurrency, queue_max=settings.delivery_queue_max,
                                 poll_s=settings.delivery_poll_s, lease=timedelta(seconds=settings.delivery_lease_s),
                                 sweep_s=settings.delivery_sweep_s),
+        quiet=quiet,
         sender=sender,
         portal_base_url=settings.portal_base_url,
         observe=lambda channel, outcome: sent.labels(channel, outcome).inc(),
@@ -139,8 +143,7 @@ def build(
         recipients=recipients,
         keyring=keyring,
         clock=clock,
-        quiet=QuietHours(parse_clock(settings.quiet_hours_start), parse_clock(settings.quiet_hours_end),
-                         settings.default_time_zone),
+        quiet=quiet,
         lease=timedelta(seconds=settings.delivery_lease_s),
         group_id=consumer.group_id,
         hand_over=worker.hand_over,

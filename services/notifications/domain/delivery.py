@@ -6,6 +6,10 @@
                         ├─ transient failure, attempts exhausted ──▶ failed (source event parked)
                         └─ permanent failure ──▶ failed (+ a new delivery on the fallback channel)
 
+Before each attempt the rules that depend on the moment are asked again: a marketing message
+whose consent was withdrawn meanwhile fails without being sent; an SMS that fell due in the
+recipient's quiet hours (a retry, a fallback) is held back to their end, which is not an attempt.
+
 A failure whose source event cannot be parked yet (the broker refused it) stays active, failed
 with ``parking`` set, and parking is tried again later: the event must reach the dead-letter
 topic, or the failure could never be replayed.
@@ -89,6 +93,15 @@ class Delivery:
             lease_until=None,
             last_error=reason,
             log=(*self.log, {"at": now, "outcome": "transient", "reason": reason}),
+        )
+
+    def held_back(self, now: datetime, until: datetime, reason: str) -> "Delivery":
+        """Not sent now (quiet hours at the recipient's): due again at ``until``. Not an attempt."""
+        return replace(
+            self,
+            next_attempt_at=until,
+            lease_until=None,
+            log=(*self.log, {"at": now, "outcome": "deferred", "reason": reason}),
         )
 
     def finish(

@@ -76,6 +76,31 @@ def locale_of(data: Mapping[str, Any], contact: Contact | None) -> str:
     return locale if locale in LOCALES else "en"
 
 
+def held_back_until(
+    channel: str,
+    category: Category,
+    urgency: Urgency,
+    now: datetime,
+    quiet: QuietHours,
+    *,
+    time_zone: str | None,
+    locale: str,
+    expires_at: datetime | None,
+) -> datetime | None:
+    """The end of the recipient's quiet hours when ``now`` falls in them and the message must
+    wait: an SMS that can wait (a reminder) or that nobody is waiting for (marketing); codes and
+    security notices never wait. None: it may go now. The zone is the event's own (a dealer's),
+    else the market's of the locale. Asked when a delivery is planned and again before each
+    attempt, since a retry or a fallback can fall due at night."""
+    if not (channel == "sms" and (urgency is Urgency.DEFERRABLE or category is Category.MARKETING)):
+        return None
+    zone = recipient_zone(time_zone, locale, quiet.default_zone)
+    until = quiet_until(now, zone, quiet.start, quiet.end)
+    if until is not None and expires_at is not None and until >= expires_at:
+        return None  # waiting would make it pointless: better at night than never
+    return until
+
+
 def plan(
     event_type: str,
     data: Mapping[str, Any],
@@ -109,12 +134,8 @@ def plan(
                 skipped.append(Skipped(spec.template, channel, f"no marketing consent for {channel}"))
                 continue
             expires_at = data.get(spec.expires) if spec.expires else None
-            not_before = None
-            if channel == "sms" and (spec.urgency is Urgency.DEFERRABLE or spec.category is Category.MARKETING):
-                zone = recipient_zone(data.get("time_zone"), locale, quiet.default_zone)
-                not_before = quiet_until(now, zone, quiet.start, quiet.end)
-                if not_before is not None and expires_at is not None and not_before >= expires_at:
-                    not_before = None  # waiting would make it pointless: better at night than never
+            not_before = held_back_until(channel, spec.category, spec.urgency, now, quiet,
+                                         time_zone=data.get("time_zone"), locale=locale, expires_at=expires_at)
             if any(p.channel == channel and p.recipient == recipient for p in planned):
                 raise ValueError(f"{event_type}: two messages for one recipient on {channel}; fix the table")
             planned.append(PlannedDelivery(spec, channel, recipient, locale, not_before, expires_at, fallback, note))

@@ -20,15 +20,16 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from services.notifications.adapters.dead_letters import DeadLetterPublisher
 from services.notifications.adapters.email_message import Sender, build_email, message_id
 from services.notifications.adapters.store import DeliveryStore
 from services.notifications.adapters.templates import SmsTooLong, TemplateError, TemplateRenderer
+from services.notifications.domain.consent import Consents, may_send
 from services.notifications.domain.delivery import Delivery, FinalOutcome, Status
-from services.notifications.domain.messages import Category, MessageTable
-from services.notifications.domain.planning import address, delivery_id
+from services.notifications.domain.messages import Category, MessageTable, Urgency
+from services.notifications.domain.planning import QuietHours, address, delivery_id, held_back_until
 from services.notifications.domain.retries import (
     FallBack,
     GiveUp,
@@ -54,6 +55,16 @@ class EmailTransport(Protocol):
 
 class SmsTransport(Protocol):
     async def send(self, to: str, body: str) -> str: ...
+
+
+class RecipientDocument(Protocol):
+    state: dict[str, Any]
+
+
+class Recipients(Protocol):
+    """The projection of what is known about customers (contact details, consents), by customer id."""
+
+    async def get(self, doc_id: str) -> RecipientDocument | None: ...
 
 
 @dataclass(frozen=True)
@@ -83,9 +94,11 @@ class DeliveryWorker:
         email: EmailTransport,
         sms: SmsTransport,
         dead_letters: DeadLetterPublisher,
+        recipients: Recipients,
         keyring: Keyring,
         clock: Clock,
         policy: RetryPolicy,
+        quiet: QuietHours,
         settings: WorkerSettings,
         sender: Sender,
         portal_base_url: str,
@@ -98,9 +111,11 @@ class DeliveryWorker:
         self._email = email
         self._sms = sms
         self._dead_letters = dead_letters
+        self._recipients = recipients
         self._keyring = keyring
         self._clock = clock
         self._policy = policy
+        self._quiet = quiet
         self._settings = settings
         self._sender = sender
         self._portal = portal_base_url.rstrip("/")
@@ -239,6 +254,16 @@ class DeliveryWorker:
             return await self._park_again(delivery, now)
         if delivery.expired(now):
             return delivery.finish(Status.FAILED, now, reason="expired before it could be sent", permanent=True)
+        if delivery.category == Category.MARKETING.value and not may_send(
+            Category.MARKETING, delivery.channel, await self._consents_of(delivery.customer_id)
+        ):
+            # Failed for good, like a refusal: consumers of notification.failed know that shape.
+            reason = f"marketing consent for {delivery.channel} missing or withdrawn before sending"
+            return delivery.finish(Status.FAILED, now, reason=reason, permanent=True)
+        held_until = self._held_back_until(delivery, now)
+        if held_until is not None:
+            await self._hold_back(delivery, now, held_until)
+            return None
         try:
             rendered = self._render(delivery)
         except SmsTooLong as error:
@@ -264,6 +289,24 @@ class DeliveryWorker:
             log.exception("sending failed unexpectedly", extra={"delivery": delivery.id})
             return await self._transient(delivery, TransientFailure(f"unexpected {type(error).__name__}: {error}"))
         return delivery.finish(Status.SENT, self._clock.now(), provider_id=provider_id)
+
+    async def _consents_of(self, customer_id: str | None) -> Consents:
+        """The consents known now: they may have changed since the delivery was recorded."""
+        doc = await self._recipients.get(customer_id) if customer_id else None
+        return (doc.state.get("consents") or {}) if doc is not None else {}
+
+    def _held_back_until(self, delivery: Delivery, now: datetime) -> datetime | None:
+        return held_back_until(
+            delivery.channel, Category(delivery.category), Urgency(delivery.urgency), now, self._quiet,
+            time_zone=delivery.envelope.get("data", {}).get("time_zone"), locale=delivery.locale,
+            expires_at=delivery.expires_at,
+        )
+
+    async def _hold_back(self, delivery: Delivery, now: datetime, until: datetime) -> None:
+        held = delivery.held_back(now, until, f"quiet hours at the recipient's until {until.isoformat()}")
+        await patiently(lambda: self._store.retry_later(held), what="hold back until quiet hours end")
+        self.expect(until)
+        log.info("delivery held back by quiet hours", extra={"delivery": delivery.id, "until": until.isoformat()})
 
     async def _cannot_render(self, delivery: Delivery, now: datetime, error: Exception) -> FinalOutcome | None:
         reason = f"cannot render {delivery.template}.{delivery.channel}: {type(error).__name__}: {error}"

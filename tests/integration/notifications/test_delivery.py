@@ -408,6 +408,37 @@ async def test_marketing_goes_only_with_consent_and_carries_an_unsubscribe_link(
     assert len(harness.sinks.mail.to(agreed["email"])) == 1
 
 
+async def test_a_marketing_sms_held_back_by_quiet_hours_is_not_sent_once_consent_is_withdrawn(
+    notifications: StartNotifications, unique: str
+) -> None:
+    as_marketing = tuple(replace(s, category=Category.MARKETING) if s.template == "appointment_reminder" else s
+                         for s in MESSAGES)
+    late_in_paris = datetime(2026, 11, 22, 21, 30, tzinfo=UTC)
+    clock = FixedClock(late_in_paris)
+    harness = await notifications(clock=clock, messages=as_marketing)
+    jeanne = person(unique)
+    await harness.publish(c.ConsentGiven(customer_id=jeanne["customer_id"], purpose="marketing", channel="sms",
+                                         given_at=late_in_paris - timedelta(days=30), proof="form:offers-v1"))
+    await harness.wait_handled("consent.given", 1)
+    await harness.publish(c.AppointmentReminderDue(
+        appointment_id="apt_12", contract_number="FR-LOA-0042", mobile="+33611115555", dealer=DEALER,
+        starts_at=datetime(2026, 11, 23, 13, 0, tzinfo=UTC), time_zone="Europe/Paris", **jeanne,
+    ))
+    await harness.wait_handled("appointment.reminder_due", 1)  # recorded, waiting for 08:00
+    await harness.publish(c.ConsentWithdrawn(customer_id=jeanne["customer_id"], purpose="marketing", channel="sms",
+                                             withdrawn_at=late_in_paris + timedelta(minutes=5)))
+    await harness.wait_handled("consent.withdrawn", 1)
+
+    clock.set(datetime(2026, 11, 23, 7, 0, 1, tzinfo=UTC))
+    harness.service.worker.wake()
+    [delivery] = await eventually(lambda: _deliveries(harness, jeanne, 1), 30, "the delivery finished")
+    assert (delivery["status"], delivery["permanent"], delivery["parked"]) == ("failed", True, False)
+    assert delivery["reason"] == "marketing consent for sms missing or withdrawn before sending"
+    assert harness.sinks.sms.messages == [] and harness.sinks.mail.to(jeanne["email"]) == []
+    failed = await eventually(lambda: harness.events_on("notification.failed"), 30, "notification.failed")
+    assert failed[0]["data"]["reason"] == delivery["reason"] and failed[0]["data"]["permanent"] is True
+
+
 async def test_a_code_by_sms_reaches_the_number_known_from_the_customers_details(
     notifications: StartNotifications, unique: str
 ) -> None:
