@@ -27,6 +27,9 @@ class ServiceSettings(BaseSettings):
     consumer_max_attempts: int = Field(default=5, ge=1)
     consumer_backoff_initial_s: float = Field(default=0.2, gt=0)
     consumer_backoff_max_s: float = Field(default=10.0, gt=0)
+    # One attempt of a handler is cut off after this long and counts as a transient failure: a
+    # handler that never returns is retried, then parked, instead of holding its partition forever.
+    consumer_handler_timeout_s: float = Field(default=10.0, gt=0)
     consumer_batch_max: int = Field(default=500, ge=1)
     consumer_concurrency: int = Field(default=64, ge=1)
     # While events flow, the broker answers a fetch once it has this many bytes for the consumer,

@@ -58,7 +58,7 @@ from shared.events.envelope import Envelope, Event
 from shared.events.registry import UnknownEvent, dead_letter_topic, event_class, topic_for
 from shared.logging import log_context
 from shared.messaging.dead_letters import park_headers, replay_target, truncated_copy
-from shared.messaging.errors import is_transient
+from shared.messaging.errors import TransientError, is_transient
 from shared.messaging.fetch_pacing import IDLE_MAX_WAIT_MS, IDLE_MIN_BYTES, FetchPacing
 from shared.runtime.metrics import Metrics
 from shared.settings import ServiceSettings
@@ -165,6 +165,14 @@ class EventConsumer:
         batch_budget_s: float = BATCH_BUDGET_S,
     ) -> None:
         self.group_id = group_id
+        worst = _longest_retries(settings)
+        if worst >= batch_budget_s:
+            # A record still retrying when its batch runs out of time is read again with the batch,
+            # and so on: it would never reach its last attempt, hence never be parked.
+            raise ValueError(
+                f"a record's attempts may take {worst:g}s (CONSUMER_MAX_ATTEMPTS x CONSUMER_HANDLER_TIMEOUT_S "
+                f"plus backoff), more than a batch's budget of {batch_budget_s:g}s: lower one of them"
+            )
         self._batch_budget_s = batch_budget_s
         self._aborts_in_a_row = 0
         self._parked_uncommitted: dict[tuple[str, int, int], None] = {}
@@ -415,8 +423,10 @@ class EventConsumer:
             delivery = Delivery(
                 envelope, record.topic, record.partition, record.offset, attempt, self._clock, self._settings.service_name
             )
+            cut_off = asyncio.timeout(settings.consumer_handler_timeout_s)
             try:
-                await route.handler(event, delivery)
+                async with cut_off:
+                    await route.handler(event, delivery)
                 return
             except asyncio.CancelledError:
                 raise
@@ -426,6 +436,8 @@ class EventConsumer:
                     # library turned the cancellation into an error of its own (pymongo may raise
                     # RuntimeError from a lock it was waiting for): neither retry nor park.
                     raise asyncio.CancelledError from error
+                if cut_off.expired():
+                    error = TransientError(f"handler still running after {settings.consumer_handler_timeout_s:g}s")
                 if _unreachable(error):
                     self._metrics.failed.labels(self._metrics.service, record.topic, "unreachable").inc()
                     batch.give_up(f"a dependency is unreachable: {type(error).__name__}: {error}")
@@ -510,6 +522,14 @@ def _first_not_done(records: Sequence[ConsumerRecord[Any, Any]], *, done: bool) 
     for record in records:
         offsets[TopicPartition(record.topic, record.partition)].append(record.offset)
     return {tp: max(seen) + 1 if done else min(seen) for tp, seen in offsets.items()}
+
+
+def _longest_retries(settings: ServiceSettings) -> float:
+    """The longest one record's attempts can take: every attempt cut off, every backoff at its longest."""
+    attempts = settings.consumer_max_attempts
+    backoffs = sum(min(settings.consumer_backoff_max_s, settings.consumer_backoff_initial_s * 2 ** (n - 1))
+                   for n in range(1, attempts))
+    return attempts * settings.consumer_handler_timeout_s + backoffs
 
 
 def _header(record: ConsumerRecord[Any, Any], name: str) -> str | None:

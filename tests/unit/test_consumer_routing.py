@@ -34,9 +34,10 @@ def activated(customer_id: str = "cus_1", **overrides: Any) -> bytes:
 
 
 class Harness:
-    def __init__(self, max_attempts: int = 3, commit_interval_s: float = 0.25) -> None:
+    def __init__(self, max_attempts: int = 3, commit_interval_s: float = 0.25, handler_timeout_s: float = 10.0) -> None:
         settings = ServiceSettings(service_name="test", consumer_max_attempts=max_attempts,
-                                   consumer_commit_interval_s=commit_interval_s)
+                                   consumer_commit_interval_s=commit_interval_s,
+                                   consumer_handler_timeout_s=handler_timeout_s)
         self.sleeps: list[float] = []
         self.parked: list[tuple[str, dict[str, str]]] = []
         self.parked_values: list[bytes | None] = []
@@ -114,6 +115,34 @@ async def test_transient_failures_are_retried_with_growing_backoff_then_succeed(
     assert h.parked == []
     assert len(h.sleeps) == 3
     assert h.sleeps[0] <= 0.2 and h.sleeps[2] > h.sleeps[0]
+
+
+async def test_a_handler_that_never_returns_is_cut_off_retried_then_parked_and_the_next_event_handled() -> None:
+    h = Harness(max_attempts=3, handler_timeout_s=0.05)
+    calls = 0
+
+    @h.consumer.on(CustomerActivated)
+    async def handle(event: CustomerActivated, delivery: Delivery) -> None:
+        nonlocal calls
+        calls += 1
+        if event.customer_id == "cus_stuck":
+            await asyncio.sleep(3600)
+        h.seen.append(event.customer_id)
+
+    await asyncio.wait_for(
+        h.consumer.process([record(activated("cus_stuck"), 0, b"k1"), record(activated("cus_2"), 1, b"k1")]), 5
+    )
+    assert calls == 4, "three attempts of the stuck one, then the next event"
+    assert h.reasons() == ["retries_exhausted"]
+    assert "handler still running after 0.05s" in h.parked[0][1]["dlq-reason"]
+    assert h.seen == ["cus_2"]
+
+
+def test_settings_under_which_a_stuck_record_could_never_be_parked_are_refused() -> None:
+    # Ten attempts of 60 s each outlast a batch's budget: the batch would be read again first, forever.
+    settings = ServiceSettings(service_name="test", consumer_max_attempts=10, consumer_handler_timeout_s=60)
+    with pytest.raises(ValueError, match="more than a batch's budget"):
+        EventConsumer(group_id="g", settings=settings, metrics=Metrics("test"))
 
 
 async def test_transient_failures_are_parked_once_retries_are_exhausted() -> None:
@@ -341,7 +370,8 @@ async def test_other_transient_failures_are_still_retried_in_place_and_the_batch
 
 async def test_a_batch_over_its_time_budget_is_given_up_well_before_the_consumer_would_be_evicted() -> None:
     assert 2 * BATCH_BUDGET_S * 1000 < MAX_POLL_INTERVAL_MS, "even the hard limit comes before eviction"
-    settings = ServiceSettings(service_name="test")
+    # One attempt, cut off after 0.19 s: within the budget, as the consumer requires.
+    settings = ServiceSettings(service_name="test", consumer_max_attempts=1, consumer_handler_timeout_s=0.19)
     consumer = EventConsumer(group_id="g", settings=settings, metrics=Metrics("test"), batch_budget_s=0.2)
     handled: list[int] = []
 
@@ -356,12 +386,15 @@ async def test_a_batch_over_its_time_budget_is_given_up_well_before_the_consumer
 
 
 async def test_a_handler_stuck_past_twice_the_budget_is_cancelled() -> None:
-    settings = ServiceSettings(service_name="test")
+    settings = ServiceSettings(service_name="test", consumer_max_attempts=1, consumer_handler_timeout_s=0.05)
     consumer = EventConsumer(group_id="g", settings=settings, metrics=Metrics("test"), batch_budget_s=0.1)
 
     @consumer.on(CustomerActivated)
     async def stuck(event: CustomerActivated, delivery: Delivery) -> None:
-        await asyncio.sleep(3600)
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:  # ignores its cut-off once, as a badly written library might
+            await asyncio.sleep(3600)
 
     with pytest.raises(BatchAborted, match="cancelled"):
         await asyncio.wait_for(consumer.process([record(activated())]), 5)
