@@ -5,8 +5,10 @@ few lets several messages travel at once without a TCP and EHLO handshake per me
 that breaks is dropped and reopened on its next use; a connection the server closed while idle is
 detected on first use and replaced once at once, so that an idle timeout never costs a retry.
 
-Replies are sorted into what a later attempt may fix (4xx, connection refused or lost, timeouts)
-and what it will not (5xx: unknown mailbox, refused sender or content).
+Replies are sorted into what a later attempt may fix (4xx, connection refused or lost, timeouts),
+what it will not (5xx to the recipient or the content: unknown mailbox, message refused), and what
+our own setup causes (credentials, a refused sender, authentication or STARTTLS required, relaying
+denied): retried like a transient failure and reported to an operator, never the recipient's fault.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 
 import aiosmtplib
 from aiosmtplib import (
     SMTPAuthenticationError,
     SMTPConnectError,
+    SMTPDataError,
     SMTPException,
     SMTPNotSupported,
     SMTPRecipientRefused,
@@ -28,7 +32,12 @@ from aiosmtplib import (
     SMTPTimeoutError,
 )
 
-from services.notifications.domain.retries import PermanentFailure, TransientFailure
+from services.notifications.domain.retries import (
+    DeliveryFailure,
+    PermanentFailure,
+    ProviderMisconfigured,
+    TransientFailure,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,19 +80,16 @@ class SmtpPool:
                 # The server closed this connection while it was idle: one fresh one, at once.
                 client = await self._connect(client)
                 return await self._transaction(client, sender, recipient, message)
-        except SMTPAuthenticationError as error:
-            # Our credentials, not the recipient: retried, and an operator must look.
-            client = await self._discard(client)
-            log.error("the SMTP server refuses our credentials", extra={"alert": "operator", "code": error.code})
-            raise TransientFailure(f"SMTP login refused: {error.code} {error.message}", code=str(error.code)) from None
-        except SMTPRecipientRefused as error:
-            raise _by_code(error.code, f"recipient refused: {error.code} {error.message}") from None
-        except SMTPRecipientsRefused as error:
-            codes = [refusal.code for refusal in error.recipients]
-            detail = "; ".join(f"{r.code} {r.message}" for r in error.recipients)
-            raise _by_code(min(codes), f"recipient refused: {detail}") from None
-        except SMTPResponseException as error:
-            raise _by_code(error.code, f"{type(error).__name__}: {error.code} {error.message}") from None
+        except (SMTPResponseException, SMTPRecipientsRefused) as error:
+            failure = classify(error)
+            if isinstance(failure, ProviderMisconfigured):
+                # Our setup, not the recipient: every message would meet it. Retried, and an
+                # operator must look; a fresh connection (and login) for the next attempt.
+                client = await self._discard(client)
+                log.error("the SMTP server refuses our settings: operator action needed",
+                          extra={"alert": "operator", "provider": "smtp", "code": failure.code,
+                                 "stage": type(error).__name__})
+            raise failure from None
         except SMTPNotSupported as error:
             raise PermanentFailure(f"server cannot take this message: {error.message}") from None
         except (SMTPServerDisconnected, SMTPConnectError, SMTPTimeoutError, OSError, asyncio.TimeoutError) as error:
@@ -144,6 +150,50 @@ class SmtpPool:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(client.quit(), timeout=2)
                 client.close()
+
+
+# Relaying or authentication refused, STARTTLS required: what a server says to a client it does not
+# trust to send for us, whichever recipient comes next.
+_OUR_SETUP = re.compile(r"relay|authenticat|starttls", re.IGNORECASE)
+_ENHANCED_STATUS = re.compile(r"\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
+_ABOUT_THE_RECIPIENT = (SMTPRecipientRefused, SMTPDataError)  # refusals once a recipient was named
+
+
+def classify(error: SMTPResponseException | SMTPRecipientsRefused) -> DeliveryFailure:
+    """What a refusal means: retry later (4xx), the recipient's or the content's for good (5xx at
+    RCPT or DATA), or our setup's (ProviderMisconfigured): a refusal before any recipient was
+    named (the greeting, EHLO, STARTTLS, our login, MAIL FROM: the sender is ours), and, at any
+    stage, 530 (authentication or STARTTLS required) or a 5xx that refuses relaying or asks for
+    authentication (5.7.x: ``554 5.7.1 Relay access denied``, ``530 5.7.0 Must issue a STARTTLS
+    command first``)."""
+    if isinstance(error, SMTPRecipientsRefused):
+        failures = [classify(refusal) for refusal in error.recipients]
+        ours = [f for f in failures if isinstance(f, ProviderMisconfigured)]
+        if ours:
+            return ours[0]
+        code = min(refusal.code for refusal in error.recipients)
+        detail = "; ".join(f"{r.code} {r.message}" for r in error.recipients)
+        return _by_code(code, f"recipient refused: {detail}")
+    code, message = error.code, error.message
+    if isinstance(error, SMTPRecipientRefused):
+        reason = f"recipient refused: {code} {message}"
+    elif isinstance(error, SMTPAuthenticationError):
+        reason = f"SMTP login refused: {code} {message}"
+    else:
+        reason = f"{type(error).__name__}: {code} {message}"
+    if isinstance(error, SMTPAuthenticationError) or (
+        code >= 500 and (not isinstance(error, _ABOUT_THE_RECIPIENT) or _refuses_our_setup(code, message))
+    ):
+        return ProviderMisconfigured(f"{reason} (our SMTP settings or account, not the recipient)", code=str(code))
+    return _by_code(code, reason)
+
+
+def _refuses_our_setup(code: int, message: str) -> bool:
+    if code == 530:
+        return True
+    status = _ENHANCED_STATUS.match(message)
+    about_security = status is None or status.group(2) == "7"  # 5.7.x: security or policy
+    return about_security and _OUR_SETUP.search(message) is not None
 
 
 def _by_code(code: int, reason: str) -> TransientFailure | PermanentFailure:

@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -98,6 +99,54 @@ async def test_an_smtp_server_refusing_our_credentials_is_retried_and_never_blam
         await pool.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_an_smtp_server_refusing_our_sender_or_asking_for_a_login_is_our_setup_not_the_recipient(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from aiosmtpd.smtp import SMTP
+
+    class Handler:
+        async def handle_MAIL(self, server: SMTP, session: object, envelope: Any, address: str, options: list[str]) -> str:
+            if address != "a@leaseline.example":
+                return "553 5.7.1 Sender address rejected: not owned by user"
+            envelope.mail_from = address
+            return "250 OK"
+
+        async def handle_RCPT(self, server: SMTP, session: object, envelope: Any, address: str, options: list[str]) -> str:
+            if address == "nobody@example.fr":
+                return "550 5.1.1 Recipient address rejected: User unknown"
+            envelope.rcpt_tos.append(address)
+            return "250 OK"
+
+        async def handle_DATA(self, server: SMTP, session: object, envelope: object) -> str:
+            return "250 OK"
+
+    loop = asyncio.get_running_loop()
+    servers = [await loop.create_server(lambda: SMTP(Handler(), loop=loop), "127.0.0.1", 0),
+               await loop.create_server(lambda: SMTP(Handler(), auth_required=True, auth_require_tls=False, loop=loop),
+                                        "127.0.0.1", 0)]
+    open_port, login_port = (server.sockets[0].getsockname()[1] for server in servers)
+    pool, unauthenticated = SmtpPool("127.0.0.1", open_port, size=1), SmtpPool("127.0.0.1", login_port, size=1)
+    try:
+        with caplog.at_level(logging.ERROR):
+            with pytest.raises(ProviderMisconfigured, match="553 5.7.1 Sender address rejected") as refused:
+                await pool.send("someone-else@leaseline.example", "b@example.fr", MESSAGE)
+            with pytest.raises(ProviderMisconfigured, match="530") as login_required:
+                await unauthenticated.send("a@leaseline.example", "b@example.fr", MESSAGE)
+        with pytest.raises(PermanentFailure, match="550 5.1.1"):
+            await pool.send("a@leaseline.example", "nobody@example.fr", MESSAGE)
+        await pool.send("a@leaseline.example", "b@example.fr", MESSAGE)
+    finally:
+        await pool.close()
+        await unauthenticated.close()
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+    assert refused.value.code == "553" and login_required.value.code == "530"
+    assert "not the recipient" in refused.value.reason
+    alerts = [r for r in caplog.records if getattr(r, "alert", None) == "operator"]
+    assert [r.code for r in alerts] == ["553", "530"]  # type: ignore[attr-defined]
 
 
 async def test_the_official_twilio_client_sends_through_the_sink(tmp_path: Path) -> None:
