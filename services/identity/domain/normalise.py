@@ -65,5 +65,14 @@ def normalise_vin(raw: str) -> str:
     return vin
 
 
+class BlankName(ValueError):
+    pass
+
+
 def normalise_name(raw: str) -> str:
-    return " ".join(raw.split())
+    """Runs of whitespace read as one space, none at either end. A name of whitespace alone is
+    refused here, not later: it would reach the events as an empty name."""
+    name = " ".join(raw.split())
+    if not name:
+        raise BlankName("must not be blank")
+    return name

@@ -42,6 +42,9 @@ pytestmark = pytest.mark.integration
 EXAMPLES_PER_OPERATION = 40
 HIGH = 1_000_000
 ROOT = Path(__file__).resolve().parents[3]
+NAME_FIELDS = ("first_name", "last_name")
+#: What reads as no name at all once whitespace is collapsed: not only spaces (str.split's whitespace).
+BLANK = st.text(alphabet=" \t\n\r\u00a0\u2003\u3000\x1c", min_size=1, max_size=6)
 
 
 def free_port() -> int:
@@ -172,17 +175,49 @@ def assert_clear_refusal(response: Any, what: str) -> None:
         assert error["fields"], f"{what}: a 422 names the fields it refuses: {error}"
 
 
+def takes_a_name(schema: Any, components: dict[str, Any]) -> bool:
+    """Whether a request body (an OpenAPI schema, ``$ref``s followed) has a first or last name somewhere."""
+    if isinstance(schema, list):
+        return any(takes_a_name(item, components) for item in schema)
+    if not isinstance(schema, dict):
+        return False
+    if isinstance(schema.get("$ref"), str):
+        return takes_a_name(components[schema["$ref"].rsplit("/", 1)[-1]], components)
+    if any(name in schema.get("properties", {}) for name in NAME_FIELDS):
+        return True
+    return any(takes_a_name(value, components) for value in schema.values())
+
+
+def blank_names(body: Any, blank: str) -> Any:
+    if isinstance(body, dict):
+        return {k: blank if k in NAME_FIELDS else blank_names(v, blank) for k, v in body.items()}
+    return body
+
+
+def with_blank_names(case: schemathesis.Case, blank: str) -> schemathesis.Case:
+    """A schema-valid request whose names are whitespace alone: the schema allows them, the service must not."""
+    case.body = blank_names(case.body, blank)
+    return case
+
+
 def test_no_request_makes_the_identity_api_fail_and_every_refusal_says_why(identity_api: Api) -> None:
     """Every operation, EXAMPLES_PER_OPERATION generated requests each, as the schema allows them
-    (positive) and as it does not (negative), signed in where the operation needs it. (schemathesis' own pytest loader does
+    (positive) and as it does not (negative), signed in where the operation needs it; where the body
+    has names, also valid bodies whose names are whitespace alone. (schemathesis' own pytest loader does
     not run on pytest 9, so its strategies are driven directly.)"""
     schema = schemathesis.openapi.from_url(f"{identity_api.base}/openapi.json")
+    components = httpx.get(f"{identity_api.base}/openapi.json", timeout=30).json()["components"]["schemas"]
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) > 10, "the OpenAPI document lists the API"
     signed_in = {op.label for op in operations if op.definition.raw.get("security")}
     assert len(signed_in) > 15, "the operations that need a token are known as such"
+    named: set[str] = set()
     for operation in operations:
-        either = st.one_of(operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE))
+        positive = operation.as_strategy(GenerationMode.POSITIVE)
+        either = st.one_of(positive, operation.as_strategy(GenerationMode.NEGATIVE))
+        if takes_a_name(operation.definition.raw.get("requestBody"), components):
+            named.add(operation.label)
+            either = st.one_of(either, st.tuples(positive, BLANK).map(lambda pair: with_blank_names(*pair)))
 
         @given(case=either)
         @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, suppress_health_check=list(HealthCheck),
@@ -202,6 +237,7 @@ def test_no_request_makes_the_identity_api_fail_and_every_refusal_says_why(ident
             assert_clear_refusal(response, f"{case.method} {case.formatted_path}")
 
         clear_answers()
+    assert len(named) == 5, f"the registrations, the organisation's two and the contract link take names: {named}"
 
 
 LENGTHS = (72, 73, 100, 128, 129, 1024, 1025, 5000)

@@ -242,3 +242,23 @@ async def test_a_security_administrator_requires_chosen_accounts_only_to_change_
     assert (await login(identity, chosen | {"password": OTHER_STRONG})).status_code == 200, "asked once only"
     await identity.events(PasswordChanged, customer_id=chosen["customer_id"], reason="forced_change")
     assert (await login(identity, chosen)).status_code == 401, "the old password is gone"
+
+
+async def test_names_of_whitespace_alone_are_refused_field_by_field_when_inviting(identity: Harness) -> None:
+    _, desk = await staff(identity, "service_desk")
+    http = identity.http()
+    admin = {"first_name": "Kees", "last_name": "   ", "email": f"kees.{uuid.uuid4().hex[:6]}@garage.nl", "locale": "nl-NL"}
+    refused = await http.post("/v1/organisations", headers=bearer(desk),
+                              json={"name": "Garage Midden", "kind": "garage", "administrator": admin})
+    assert refused.status_code == 422, refused.text
+    assert [f["loc"] for f in refused.json()["error"]["fields"]] == [["body", "administrator", "last_name"]]
+    assert await identity.runtime.db["accounts"].find_one({"email": admin["email"]}) is None
+
+    created = await http.post("/v1/organisations", headers=bearer(desk), json={
+        "name": "Garage Midden", "kind": "garage", "administrator": admin | {"last_name": "de Vries"}})
+    org = created.json()["organisation_id"]
+    blank = await http.post(f"/v1/organisations/{org}/users", headers=bearer(desk),
+                            json=colleague("Lieke", "adviser") | {"first_name": "\t \u00a0"})
+    assert blank.status_code == 422, blank.text
+    assert blank.json()["error"]["fields"] == [{"loc": ["body", "first_name"], "msg": "must not be blank",
+                                                "code": "value_error"}]
