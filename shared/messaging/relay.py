@@ -104,8 +104,17 @@ class OutboxRelay:
         self._sent: OrderedDict[str, None] = OrderedDict()
         self._wake = asyncio.Event()
         self.after_publish: Callable[[], Awaitable[None]] | None = None  # a seam for fault-injection tests
-        #: Called after each sweep with how many events it found stored and not yet relayed.
-        self.on_sweep: Callable[[int], None] | None = None
+        self._swept_waiting: dict[str, int] = {}  # collection -> events its last sweep found and did not send
+
+    def backlog(self) -> int:
+        """Events stored and not relayed yet, as far as this relay knows without reading: those this
+        process's writes handed over, and those its last sweep found and could not send (what another
+        process left behind is known from the next sweep on)."""
+        handed = sum(
+            1 for docs in self._handed.values() for outbox in docs.values()
+            for entry in outbox.entries if entry["id"] not in self._sent
+        )
+        return handed + sum(self._swept_waiting.values())
 
     def add_collection(self, name: str) -> None:
         if name not in self._collections:
@@ -147,13 +156,10 @@ class OutboxRelay:
             self._handed.clear()  # the sweep finds them too
             self._next_sweep = loop.time() + self._sweep_s
             try:
-                found = [await self._sweep(name) for name in self._collections]
+                return sum([await self._sweep(name) for name in self._collections])
             except BaseException:
                 self._next_sweep = 0.0  # the sweep did not finish: again on the next pass
                 raise
-            if self.on_sweep is not None:
-                self.on_sweep(sum(waiting for waiting, _ in found))
-            return sum(sent for _, sent in found)
         total = 0
         for name in list(self._handed):
             handed = list(self._handed.pop(name).values())
@@ -168,8 +174,8 @@ class OutboxRelay:
                     raise
         return total
 
-    async def _sweep(self, name: str) -> tuple[int, int]:
-        """(events found waiting, events sent) in one collection."""
+    async def _sweep(self, name: str) -> int:
+        """Send what waits in one collection; returns how many events were published."""
         docs = await self._db[name].find(
             {PENDING: {"$gt": 0}}, projection={OUTBOX: True, VERSION: True, PENDING: True}, limit=self._batch_max
         ).to_list()
@@ -179,8 +185,10 @@ class OutboxRelay:
         if stale:  # a counter left behind by an interrupted write: nothing to send
             await self._db[name].update_many({"_id": {"$in": stale}, OUTBOX: {"$size": 0}}, {"$set": {PENDING: 0}})
         outboxes = [_Outbox(doc["_id"], doc.get(VERSION, 0), doc[OUTBOX]) for doc in docs if doc.get(OUTBOX)]
-        waiting = sum(len(outbox.entries) for outbox in outboxes)
-        return waiting, (await self._send(name, outboxes) if outboxes else 0)
+        self._swept_waiting[name] = sum(1 for o in outboxes for entry in o.entries if entry["id"] not in self._sent)
+        sent = await self._send(name, outboxes) if outboxes else 0
+        self._swept_waiting[name] = 0
+        return sent
 
     async def _send(self, name: str, outboxes: Sequence[_Outbox]) -> int:
         entries = [entry for outbox in outboxes for entry in outbox.entries if entry["id"] not in self._sent]

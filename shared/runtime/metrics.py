@@ -47,7 +47,8 @@ class Metrics:
             registry=self.registry,
         )
         self.outbox_backlog = Gauge(
-            "leaseline_outbox_backlog", "Events stored but not yet relayed to Kafka, as the relay's last sweep found them",
+            "leaseline_outbox_backlog", "Events stored but not yet relayed to Kafka: handed to the relay by this process's writes "
+            "and not sent, plus what its last sweep found and could not send",
             ["service"],
             registry=self.registry,
         )

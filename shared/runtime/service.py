@@ -131,9 +131,9 @@ class ServiceRuntime:
         for consumer in self._consumers:
             consumer.subscribe(self.broker)
         await self.broker.start()
-        # The relay's sweeps (the first at once) tell what they found waiting: the backlog gauge
-        # costs no read of its own (on FerretDB v1 a whole-collection read, every time).
-        self.relay.on_sweep = self.metrics.outbox_backlog.labels(self.metrics.service).set
+        # Read from the relay when scraped: the gauge costs no store read of its own (on FerretDB v1
+        # a whole-collection read, every time).
+        self.metrics.outbox_backlog.labels(self.metrics.service).set_function(self.relay.backlog)
         self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
         self._started = True
         freeze_startup_objects()

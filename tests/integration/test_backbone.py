@@ -20,6 +20,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError
 from aiokafka.consumer import fetcher as aiokafka_fetcher
 from bson import ObjectId
 from bson.int64 import Int64
@@ -585,8 +586,34 @@ async def test_every_process_serves_health_readiness_and_metrics(
     assert samples(metrics, "leaseline_messages_parked_total", **labels, reason="handler_rejected") == [1.0]
     assert samples(metrics, "leaseline_handler_failures_total", **labels, kind="permanent") == [1.0]
     assert samples(metrics, "leaseline_handler_seconds_count", **labels) == [4.0]
-    assert samples(metrics, "leaseline_outbox_backlog", service="probe") == [2.0], "measured at start"
+    assert samples(metrics, "leaseline_outbox_backlog", service="probe") == [0.0], "both relayed"
     assert samples(metrics, "leaseline_outbox_relayed_total", **labels) == [2.0]
+
+
+async def test_the_outbox_backlog_counts_what_waits_until_kafka_takes_it_then_returns_to_zero(
+    settings: ServiceSettings, runtimes: list[ServiceRuntime]
+) -> None:
+    earlier, earlier_accounts = await writer(settings, runtimes, relay=False)
+    await write_customers(earlier, earlier_accounts, ["cus_wait_1", "cus_wait_2"])  # left for the sweep
+    runtime = ServiceRuntime(settings)
+    accounts = runtime.store(ACCOUNTS)
+    publish = runtime.relay._publish
+
+    async def broker_refuses(*args: Any, **kwargs: Any) -> None:
+        raise KafkaConnectionError("the broker is away")
+
+    runtime.relay._publish = broker_refuses
+    await runtime.start()
+    runtimes.append(runtime)
+
+    def backlog() -> float | None:
+        return runtime.metrics.registry.get_sample_value("leaseline_outbox_backlog", {"service": "probe"})
+
+    assert await eventually(lambda: backlog() == 2, 10, "the sweep's two counted"), backlog()
+    await write_customers(runtime, accounts, ["cus_wait_3", "cus_wait_4", "cus_wait_5"])
+    assert await eventually(lambda: backlog() == 5, 10, "and the three handed over"), backlog()
+    runtime.relay._publish = publish
+    assert await eventually(lambda: backlog() == 0, 30, "all relayed"), backlog()
 
 
 async def test_readiness_answers_503_when_the_store_is_unreachable(
