@@ -177,13 +177,15 @@ def build_api(app: FastAPI, ctx: Identity, settings: IdentitySettings) -> None:
         await registration.request_registration_code(ctx, who, body.customer_number, body.locale)
         return s.Accepted(message="If we know this customer number, a code is on its way to the mobile number on file.")
 
-    @v1.post("/registrations/by-customer-number", status_code=201, response_model=s.Done, tags=["registration"])
-    async def register_by_customer_number(body: s.CustomerNumberRegistrationBody, who: Asker) -> s.Done:
-        """Complete a registration with the texted code: the account is linked and usable at once."""
+    @v1.post("/registrations/by-customer-number", status_code=202, response_model=s.Accepted, tags=["registration"])
+    async def register_by_customer_number(body: s.CustomerNumberRegistrationBody, who: Asker) -> s.Accepted:
+        """Complete a registration with the texted code: the account is linked to its contract and, like
+        any account, waits for activation by the link emailed to the address given. The same answer
+        whether or not the email already has an account (its owner is told by email instead)."""
         must_accept_terms(body.terms_accepted)
         await registration.register_with_customer_number(ctx, who, body.customer_number, body.code,
                                                          body.contract_number, reg_of(body))
-        return s.Done(status="registered")
+        return s.Accepted(message=REGISTRATION_ACCEPTED)
 
     @v1.post("/activations", response_model=s.Done, tags=["registration"])
     async def activate(body: s.ActivationBody, who: Asker) -> s.Done:

@@ -106,16 +106,20 @@ async def _create_pending(ctx: Identity, caller: Caller, reg: Registration, pass
     account_id = tokens.new_id("cus")
     issued = tokens.issue_token(account_id, ctx.now(), tokens.ACTIVATION_TTL)
     state = new_account_state(ctx, reg, password_hash) | {"activation": issued.stored}
-    event = CustomerRegistered(
+    await ctx.stores.accounts.create(account_id, state, [ctx.envelope(_registered(ctx, account_id, state, issued), caller)])
+
+
+def _registered(ctx: Identity, account_id: str, state: dict[str, Any], issued: tokens.IssuedSecret) -> CustomerRegistered:
+    """What notifications needs to email the activation link of a new account (the link sealed)."""
+    return CustomerRegistered(
         customer_id=account_id,
         **addressed(state),
-        last_name=reg.last_name,
-        mobile=reg.mobile,
-        terms_version=reg.terms_version,
+        last_name=state["last_name"],
+        mobile=state["mobile"],
+        terms_version=state["terms"]["version"],
         activation_token=ctx.seal(CustomerRegistered, "activation_token", issued.token),
         activation_expires_at=issued.stored["expires_at"],
     )
-    await ctx.stores.accounts.create(account_id, state, [ctx.envelope(event, caller)])
 
 
 async def _tell_owner(ctx: Identity, caller: Caller, account: StoredDocument) -> None:
@@ -217,10 +221,21 @@ async def _text_code(ctx: Identity, caller: Caller, customer_number: str, locale
 async def register_with_customer_number(ctx: Identity, caller: Caller, customer_number: str, code: str,
                                         contract_number: str, reg: Registration) -> None:
     """The code proves the mobile on file, the contract number is the security detail (002, art. 2.4):
-    the account is linked and usable at once (art. 2.6). One login per customer number: the number
-    is claimed for the new account in the write that spends the code."""
-    check_password(ctx, reg.password, reg.first_name, reg.last_name, reg.email)
-    await ctx.limit(caller, "registration_code_check", "check", customer_number)
+    the account is linked to its contract from the start. Like every account, it is usable only after
+    activation by the link emailed to the address given: nothing proved that mailbox yet, and it is
+    where reset links and device codes go. One login per customer number: the number is claimed for
+    the new account in the write that spends the code.
+
+    A taken email answers like a new one, at the same moment, and its owner is told (see ``register``).
+    """
+    async with ctx.answer_floor(caller).around():
+        check_password(ctx, reg.password, reg.first_name, reg.last_name, reg.email)
+        await ctx.limit(caller, "registration_code_check", "check", customer_number)
+        await _register_with_customer_number(ctx, caller, customer_number, code, contract_number, reg)
+
+
+async def _register_with_customer_number(ctx: Identity, caller: Caller, customer_number: str, code: str,
+                                         contract_number: str, reg: Registration) -> None:
     account_id = tokens.new_id("cus")
 
     async def check() -> StoredDocument:
@@ -249,10 +264,9 @@ async def register_with_customer_number(ctx: Identity, caller: Caller, customer_
     password_hash = await ctx.hasher.hash(reg.password)
     running = [c["number"] for c in customer.state.get("contracts", []) if c.get("running")]
     reg = Registration(**{**reg.__dict__, "mobile": reg.mobile or customer.state.get("mobile_on_file")})
+    issued = tokens.issue_token(account_id, ctx.now(), tokens.ACTIVATION_TTL)
     state = new_account_state(ctx, reg, password_hash) | {
-        "status": rules.ACTIVE,
-        "activated_at": ctx.now(),
-        "email_verified": False,
+        "activation": issued.stored,
         "link": {"status": "verified", "method": "customer_number", "verified_at": ctx.now()},
         "customer_number": customer_number,
         "contract_numbers": running,
@@ -264,7 +278,7 @@ async def register_with_customer_number(ctx: Identity, caller: Caller, customer_
     try:
         await ctx.stores.accounts.create(
             account_id, state,
-            [ctx.envelope(details, caller), ctx.envelope(CustomerActivated(customer_id=account_id), caller)],
+            [ctx.envelope(details, caller), ctx.envelope(_registered(ctx, account_id, state, issued), caller)],
         )
     except Exception as error:
         await _release_claim(ctx, customer_number, account_id)
@@ -295,8 +309,8 @@ async def _refuse_if_taken(ctx: Identity, customer: StoredDocument) -> None:
     if await _has_login(ctx, customer):
         raise Refusal(
             "customer_number_taken",
-            "this customer number already has a login: sign in with it, or ask for a new password "
-            "(POST /v1/password-resets)",
+            "this customer number already has a login: sign in with it, activate it with the link we emailed "
+            "(a new one: POST /v1/activations/resend), or ask for a new password (POST /v1/password-resets)",
             409,
         )
 

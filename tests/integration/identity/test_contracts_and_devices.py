@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from services.identity.entrypoints.http_api import SENT_IF_KNOWN
 from services.identity.service_layer.contracts import end_expired_access
 from shared.events import (
     CustomerAccessRestored,
@@ -21,12 +22,15 @@ from shared.events import (
     ContractLinkVerified,
     ContractOpened,
     CustomerAccessEnded,
+    CustomerActivated,
+    CustomerAlreadyRegistered,
+    CustomerRegistered,
     DeviceAuthorised,
     DeviceCodeIssued,
     RegistrationCodeIssued,
 )
 from tests.integration.helpers import eventually
-from tests.integration.identity.conftest import STRONG, Harness, bearer, login, register_and_activate, unseal
+from tests.integration.identity.conftest import STRONG, Harness, bearer, login, person, register_and_activate, unseal
 
 pytestmark = pytest.mark.integration
 
@@ -385,7 +389,7 @@ async def test_a_customer_number_registered_belgian_style_is_not_linked_to_anoth
              "password": STRONG, "locale": "nl-BE", "terms_version": "BE-2026-01", "terms_accepted": True,
              "customer_number": customer_number, "code": unseal(identity, issued, "code"),
              "contract_number": f"{customer_number}-L1"}
-    assert (await http.post("/v1/registrations/by-customer-number", json=lotte)).status_code == 201
+    assert (await http.post("/v1/registrations/by-customer-number", json=lotte)).status_code == 202
 
     other = await register_and_activate(identity, "Kobe Maes")
     await identity.publish(ContractLinkVerified(customer_id=other["customer_id"], customer_number=customer_number,
@@ -471,12 +475,34 @@ async def test_belgian_registration_starts_from_the_customer_number_and_a_texted
     assert other_contract.status_code == 400 and other_contract.json()["error"]["code"] == "contract_number_wrong"
     assert other_contract.json()["error"]["details"]["tries_left"] == 3, "a wrong detail uses up a try of the code"
     done = await http.post("/v1/registrations/by-customer-number", json=pieter | {"code": right_code})
-    assert done.status_code == 201, done.text
-    signed_in = (await login(identity, pieter)).json()
-    assert signed_in["status"] == "device_authorisation_required", "linked at once, so the device is authorised next"
+    assert done.status_code == 202, done.text
+    ordinary = await http.post("/v1/registrations", json=person("Ordinary Newcomer"))
+    assert done.json() == ordinary.json(), "it ends like any registration: check your email"
     account = await identity.account(pieter["email"])
     assert account["customer_number"] == customer_number and account["mobile"] == "+32470123456"
+    assert account["status"] == "pending_activation" and account["link"]["status"] == "verified"
     assert json.dumps(account, default=str).count(unseal(identity, latest, "code")) == 0
+
+    # Nobody proved the email yet: no sign-in, and no reset link or device code goes to it.
+    early = await login(identity, pieter)
+    assert early.status_code == 403 and early.json()["error"]["code"] == "account_not_activated"
+    assert "/v1/activations/resend" in early.json()["error"]["message"], "the refusal says what to do"
+    for email in (pieter["email"], f"nobody.{customer_number.lower()}@example.be"):
+        reset = await http.post("/v1/password-resets", json={"email": email})
+        assert reset.status_code == 202 and reset.json()["message"] == SENT_IF_KNOWN
+    (registered,) = await identity.events(CustomerRegistered, email=pieter["email"])
+    assert registered.customer_id == account["_id"] and registered.locale == "nl-BE"
+    assert registered.mobile == "+32470123456" and registered.terms_version == "BE-2026-01"
+    assert registered.activation_token.startswith("sealed:v1:"), "the link travels sealed"
+
+    activated = await http.post("/v1/activations", json={"token": unseal(identity, registered, "activation_token")})
+    assert activated.json() == {"status": "activated"}
+    await identity.events(CustomerActivated, customer_id=registered.customer_id)
+    signed_in = (await login(identity, pieter)).json()
+    assert signed_in["status"] == "device_authorisation_required", "linked from the start: the device is authorised next"
+    assert (await identity.account(pieter["email"]))["link"]["status"] == "verified"
+    assert await identity.runtime.db["accounts"].count_documents(
+        {"_id": account["_id"], "reset": None, "reset_spent": []}) == 1, "no reset link was issued before activation"
 
     # One login per customer number: no code is texted for it any more (answered the same).
     texted = len(await identity.events(RegistrationCodeIssued, customer_number=customer_number))
@@ -485,6 +511,24 @@ async def test_belgian_registration_starts_from_the_customer_number_and_a_texted
     assert again.status_code == 202 and again.json() == asked.json()
     await asyncio.sleep(1.0)  # the relay is quick: a code texted now would be on the topic by then
     assert len(await identity.events(RegistrationCodeIssued, customer_number=customer_number)) == texted
+
+
+async def test_a_belgian_registration_with_a_taken_email_answers_the_same_and_tells_its_owner(identity: Harness) -> None:
+    customer_number, texted = await belgian_customer_texted_a_code(identity, "+32470123401")
+    owner = await register_and_activate(identity, "Elke Wouters")
+    http = identity.http()
+    elke = {"first_name": "Elke", "last_name": "Wouters", "email": owner["email"], "password": STRONG,
+            "locale": "nl-BE", "terms_version": "BE-2026-01", "terms_accepted": True,
+            "customer_number": customer_number, "contract_number": f"{customer_number}-L1",
+            "code": unseal(identity, texted, "code")}
+    taken = await http.post("/v1/registrations/by-customer-number", json=elke)
+    ordinary = await http.post("/v1/registrations", json=person("Ordinary Newcomer"))
+    assert taken.status_code == ordinary.status_code == 202 and taken.json() == ordinary.json()
+    await identity.events(CustomerAlreadyRegistered, customer_id=owner["customer_id"])
+    assert await identity.runtime.db["accounts"].count_documents({"email": owner["email"]}) == 1
+    assert (await identity.account(owner["email"]))["customer_number"] is None, "the owner's account is not changed"
+    freed = await identity.runtime.db["customer_numbers"].find_one({"_id": customer_number})
+    assert freed["account_id"] is None, "the number is free for a registration with another email"
 
 
 async def test_a_customer_number_another_login_took_meanwhile_cannot_be_registered_again(identity: Harness) -> None:

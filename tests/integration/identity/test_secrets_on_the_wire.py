@@ -148,8 +148,11 @@ async def test_no_secret_crosses_kafka_in_clear(identity: Harness) -> None:
     pieter = {"first_name": "Pieter", "last_name": "Claes", "email": f"pieter.{be_number.lower()}@example.be",
               "password": BELGIAN, "locale": "nl-BE", "terms_version": "BE-2026-01", "terms_accepted": True,
               "customer_number": be_number, "code": codes[-1], "contract_number": f"{be_number}-L1"}
-    assert (await http.post("/v1/registrations/by-customer-number", json=pieter)).status_code == 201
+    assert (await http.post("/v1/registrations/by-customer-number", json=pieter)).status_code == 202
     await identity.events(CustomerDetailsChanged, email=pieter["email"])
+    (be_registered,) = await identity.events(CustomerRegistered, email=pieter["email"])
+    tokens.append(unseal(identity, be_registered, "activation_token"))
+    assert (await http.post("/v1/activations", json={"token": tokens[-1]})).status_code == 200
     closing = await identity.publish(ContractClosed(contract_number=f"{be_number}-L1", customer_number=be_number,
                                                     closed_on=identity.clock.now().date(), reason="ended",
                                                     customer_has_running_contract=False))
