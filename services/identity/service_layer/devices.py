@@ -8,7 +8,7 @@ from typing import Any
 from services.identity.adapters.certificates import NotACertificate, device_id_of, parse_certificate
 from services.identity.domain import accounts as rules
 from services.identity.domain import codes, tokens
-from services.identity.domain.errors import Refusal
+from services.identity.domain.errors import FieldProblem, Refusal
 from services.identity.service_layer.context import Caller, Identity, addressed, retrying
 from shared.events import DeviceAuthorised, DeviceCodeIssued, Envelope
 from shared.storage import ConcurrencyConflict, StoredDocument
@@ -228,11 +228,13 @@ async def register_certificate(ctx: Identity, caller: Caller, account_id: str, s
     try:
         cert = parse_certificate(pem)
     except NotACertificate as error:
-        raise Refusal("validation_failed", str(error), 422) from None
+        raise Refusal("validation_failed", str(error), 422,
+                      fields=[FieldProblem(("body", "certificate_pem"), str(error), "not_a_certificate")]) from None
     now = ctx.now()
     if not cert.not_before <= now < cert.not_after:
-        raise Refusal("certificate_not_valid_now", f"this certificate is valid from {cert.not_before.isoformat()} "
-                      f"until {cert.not_after.isoformat()}", 422)
+        why = f"this certificate is valid from {cert.not_before.isoformat()} until {cert.not_after.isoformat()}"
+        raise Refusal("certificate_not_valid_now", why, 422,
+                      fields=[FieldProblem(("body", "certificate_pem"), why, "certificate_not_valid_now")])
     device_id = device_id_of(cert.sha256)
     existing = await ctx.stores.devices.get(device_id)
     if existing is not None and existing.state["revoked_at"] is None:

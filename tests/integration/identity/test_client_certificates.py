@@ -109,12 +109,16 @@ async def test_certificates_that_are_not_or_no_longer_valid_are_refused_with_a_r
     who, _ = await linked(identity, "Elodie Fabre")
     authorised = await authorise_by_email(identity, who, identity.http(), remember=False)
     expired, _ = certificate("Elodie Fabre", valid_for=timedelta(hours=1))
-    cases = {"not a certificate": ("-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n", "validation_failed"),
-             "expired": (expired, "certificate_not_valid_now")}
-    for case, (pem, code) in cases.items():
+    cases = {"not a certificate": ("-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n",
+                                   "validation_failed", "not_a_certificate"),
+             "expired": (expired, "certificate_not_valid_now", "certificate_not_valid_now")}
+    for case, (pem, code, field_code) in cases.items():
         answer = await identity.http().post("/v1/me/client-certificates", headers=bearer(authorised),
                                             json={"certificate_pem": pem})
         assert answer.status_code == 422 and answer.json()["error"]["code"] == code, (case, answer.text)
+        (field,) = answer.json()["error"]["fields"]
+        assert field["loc"] == ["body", "certificate_pem"] and field["code"] == field_code, (case, field)
+        assert field["msg"] == answer.json()["error"]["message"], "the field says why, as the error does"
 
 
 async def test_without_a_configured_header_a_client_sent_fingerprint_is_ignored(infra: Infrastructure) -> None:
