@@ -64,6 +64,10 @@ def base_env(environ: Mapping[str, str], bootstrap: str, mongodb_uri: str) -> di
 
 def service_env(name: str, base: Mapping[str, str], secret_keys: str) -> dict[str, str]:
     env = {**base, "SERVICE_NAME": name, "HTTP_PORT": http_port(name)}
+    # Each service owns its database, and may keep it on a store of its own: <SERVICE>_MONGODB_URI.
+    own_store = base.get(f"{name.upper()}_MONGODB_URI")
+    if own_store:
+        env["MONGODB_URI"] = own_store
     if name in SECRET_HOLDERS:
         env["EVENT_SECRET_KEYS"] = secret_keys
     return env

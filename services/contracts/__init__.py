@@ -1,2 +1,2 @@
-"""The contracts service: not built yet (see the issue tracker). The package exists so that the
-architecture rules (lint-imports) already cover it."""
+"""The contracts service: its process runs (``python -m services.contracts``), its features do not exist yet
+(see the issue tracker)."""

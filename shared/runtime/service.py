@@ -35,6 +35,7 @@ from shared.messaging.topics import TopicKeeper
 from shared.runtime.metrics import Metrics
 from shared.settings import ServiceSettings
 from shared.events.envelope import Envelope
+from shared.logging import configure_logging
 from shared.storage.documents import DocumentStore, outbox_entry
 from shared.storage.mongo import IndexSpec, connect, ensure_indexes
 
@@ -223,3 +224,9 @@ class ServiceRuntime:
 
 def loop_time() -> float:
     return asyncio.get_running_loop().time()
+
+
+def serve_process(settings: ServiceSettings, runtime: ServiceRuntime | None = None) -> None:
+    """A service process's entry point: logs as configured, then serve until SIGTERM or SIGINT."""
+    configure_logging(settings.service_name, settings.log_level, settings.log_json)
+    asyncio.run((runtime or ServiceRuntime(settings)).serve())

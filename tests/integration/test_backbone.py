@@ -781,6 +781,9 @@ def free_ports(n: int) -> list[int]:
             sock.close()
 
 
+SERVICES = ("identity", "contracts", "restitution", "notifications", "consent")
+
+
 class MakeRun:
     """``python -m deploy.run`` on a profile of its own: its own ports and state directory, the
     download cache of the test profile (no second download or FerretDB build)."""
@@ -790,15 +793,15 @@ class MakeRun:
 
         tmp_path.mkdir(parents=True, exist_ok=True)
         self.local = tmp_path / "local"
-        kafka, controller, ferretdb, identity, notifications, smtp, sms = free_ports(7)
-        self.ports = {"kafka": kafka, "controller": controller, "ferretdb": ferretdb, "identity": identity,
-                      "notifications": notifications, "smtp": smtp, "sms": sms}
+        kafka, controller, ferretdb, smtp, sms, *services = free_ports(5 + len(SERVICES))
+        self.ports = {"kafka": kafka, "controller": controller, "ferretdb": ferretdb, "smtp": smtp, "sms": sms,
+                      **dict(zip(SERVICES, services, strict=True))}
         env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "MONGODB_URI")}
         env.update(
             LEASELINE_LOCAL_DIR=str(self.local),
             LEASELINE_CACHE_DIR=str(Profile.test().cache_dir),
             KAFKA_PORT=str(kafka), KAFKA_CONTROLLER_PORT=str(controller), FERRETDB_PORT=str(ferretdb),
-            IDENTITY_HTTP_PORT=str(identity), NOTIFICATIONS_HTTP_PORT=str(notifications),
+            **{f"{name.upper()}_HTTP_PORT": str(self.ports[name]) for name in SERVICES},
             SMTP_PORT=str(smtp), TWILIO_SINK_PORT=str(sms), SINKS_DIR=str(tmp_path / "sinks"),
             PYTHONPATH=str(ROOT),
         )
@@ -890,11 +893,11 @@ async def test_make_run_stops_everything_it_started_on_ctrl_c(make_run: Callable
     async def up() -> bool:
         if run.proc.poll() is not None:
             raise AssertionError(f"deploy.run exited early:\n{run.output()}")
-        return await _serving(run.ports["identity"]) and await _serving(run.ports["notifications"])
+        return all([await _serving(run.ports[name]) for name in SERVICES])
 
-    await eventually(up, 240, "identity and notifications ready", every=1.0)
+    await eventually(up, 240, "the five services ready", every=1.0)
     before = run.descendants()
-    assert len(before) >= 6, f"Kafka, FerretDB, two sinks, two services: {before}"
+    assert len(before) >= 9, f"Kafka, FerretDB, two sinks, five services: {before}"
 
     assert await asyncio.to_thread(run.interrupt_and_wait, 90) == 0, run.output()
     assert_nothing_left(run, before)

@@ -11,10 +11,17 @@ def compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
+def built_services() -> list[str]:
+    return sorted(p.parent.name for p in (ROOT / "services").glob("*/__main__.py"))
+
+
+def test_every_service_is_a_process() -> None:
+    assert built_services() == ["consent", "contracts", "identity", "notifications", "restitution"]
+
+
 def test_compose_runs_every_built_service_with_the_command_make_run_uses() -> None:
     services = compose()["services"]
-    built = sorted(p.parent.name for p in (ROOT / "services").glob("*/__main__.py"))
-    assert built, "at least one runnable service"
+    built = built_services()
     for name in built:
         assert name in services, f"docker-compose.yml does not run services/{name}"
         assert services[name]["command"] == ["python", "-m", f"services.{name}"]
@@ -33,7 +40,7 @@ def test_services_wait_for_healthy_infrastructure_and_created_topics() -> None:
     services = compose()["services"]
     for name in ("kafka", "mongodb"):
         assert "healthcheck" in services[name]
-    for name in ("identity", "notifications"):
+    for name in built_services():
         depends = services[name]["depends_on"]
         assert depends["kafka"]["condition"] == "service_healthy"
         assert depends["mongodb"]["condition"] == "service_healthy"
@@ -43,8 +50,16 @@ def test_services_wait_for_healthy_infrastructure_and_created_topics() -> None:
 def test_the_image_serves_health_on_the_port_compose_publishes() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "HTTP_PORT=8000" in dockerfile and "/healthz" in dockerfile
-    for name in ("identity", "notifications"):
+    for name in built_services():
         assert compose()["services"][name]["ports"][0].endswith(":8000")
+
+
+def test_make_run_gives_a_service_its_own_store_when_told_and_the_shared_one_otherwise() -> None:
+    from deploy.run import base_env, service_env
+
+    base = base_env({"CONTRACTS_MONGODB_URI": "mongodb://contracts-store:27017/"}, "127.0.0.1:9092", "mongodb://x/")
+    assert service_env("contracts", base, "")["MONGODB_URI"] == "mongodb://contracts-store:27017/"
+    assert service_env("identity", base, "")["MONGODB_URI"] == "mongodb://x/"
 
 
 def test_only_the_holders_of_secrets_get_the_event_secret_keys_in_compose() -> None:
