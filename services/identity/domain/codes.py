@@ -15,14 +15,17 @@ class IssuedCode:
     stored: dict
 
 
-def issue_code(now: datetime, sends_so_far: int, ttl=tokens.DEVICE_CODE_TTL) -> IssuedCode:
+def issue_code(now: datetime, sends_so_far: int, ttl=tokens.DEVICE_CODE_TTL, *, wrong_tries_so_far: int = 0) -> IssuedCode:
+    """A new code. One sent again for the same attempt takes over the wrong tries of the codes before
+    it (``wrong_tries_so_far``): asking for another code must not buy five more guesses."""
     if sends_so_far >= tokens.CODE_MAX_SENDS:
         raise Refusal(
             "too_many_codes", f"at most {tokens.CODE_MAX_SENDS} codes can be sent for one attempt: start again", 429
         )
     code = tokens.new_code()
     salt = tokens.new_salt()
-    return IssuedCode(code, {"hash": tokens.hash_code(code, salt), "salt": salt, "expires_at": now + ttl, "tries": 0})
+    return IssuedCode(code, {"hash": tokens.hash_code(code, salt), "salt": salt, "expires_at": now + ttl,
+                             "tries": wrong_tries_so_far})
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,10 @@ async def send_code(ctx: Identity, caller: Caller, challenge_token: str, channel
         challenge, account = await _open_challenge(ctx, challenge_token)
         if channel not in rules.channels(account.state):
             raise Refusal("channel_unavailable", "no mobile number on file: choose email", 400)
-        issued = codes.issue_code(ctx.now(), challenge.state["codes_sent"], tokens.DEVICE_CODE_TTL)
+        # Five wrong tries end the challenge, however many codes it was sent.
+        wrong_so_far = (challenge.state.get("code") or {}).get("tries", 0)
+        issued = codes.issue_code(ctx.now(), challenge.state["codes_sent"], tokens.DEVICE_CODE_TTL,
+                                  wrong_tries_so_far=wrong_so_far)
         if not limited:  # once per request, also when a concurrent write makes us try again
             await ctx.limit(caller, "device_code", "send", account.id, address=False)
             limited.append(account.id)

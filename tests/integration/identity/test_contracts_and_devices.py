@@ -221,6 +221,27 @@ async def test_five_wrong_codes_kill_the_code_and_sending_is_limited(identity: H
     assert fourth.status_code == 429 and fourth.json()["error"]["code"] == "too_many_codes"
 
 
+async def test_codes_sent_again_within_one_challenge_give_five_wrong_tries_in_all(identity: Harness) -> None:
+    who, _ = await linked(identity, "Agathe Renard")
+    http = identity.http()
+    challenge = (await login(identity, who)).json()["challenge"]
+    answers = []
+    for sends in (1, 2, 3):  # the most one challenge may be sent
+        assert (await http.post("/v1/device-challenges/code", json={"challenge": challenge, "channel": "email"})).status_code == 202
+        latest = max(await identity.events(DeviceCodeIssued, expected=sends, customer_id=who["customer_id"]),
+                     key=lambda e: e.code_expires_at)
+        code = unseal(identity, latest, "code")
+        for _ in range(2 if sends < 3 else 1):
+            miss = await http.post("/v1/device-challenges/verify",
+                                   json={"challenge": challenge, "code": f"{(int(code) + 1) % 10**6:06d}"})
+            answers.append((miss.json()["error"]["code"], miss.json()["error"]["details"].get("tries_left")))
+    assert answers == [("code_wrong", 4), ("code_wrong", 3), ("code_wrong", 2), ("code_wrong", 1), ("code_dead", None)]
+    right = await http.post("/v1/device-challenges/verify", json={"challenge": challenge, "code": code})
+    assert right.json()["error"]["code"] == "challenge_closed", "the fifth wrong try ended the challenge"
+    another = await http.post("/v1/device-challenges/code", json={"challenge": challenge, "channel": "email"})
+    assert another.json()["error"]["code"] == "challenge_closed"
+
+
 async def test_a_device_code_works_until_ten_minutes_and_not_a_moment_later(identity: Harness) -> None:
     who, _ = await linked(identity, "Benoit Carre")
     http = identity.http()

@@ -154,6 +154,18 @@ def test_a_code_has_six_digits_lives_ten_minutes_and_dies_after_five_wrong_tries
     assert codes.check_code(issued.stored, issued.code, NOON + timedelta(minutes=9)).ok
 
 
+def test_a_code_sent_again_keeps_the_wrong_tries_of_the_one_it_replaces() -> None:
+    first = codes.issue_code(NOON, 0)
+    stored = first.stored
+    for _ in range(3):
+        stored = codes.check_code(stored, f"{(int(first.code) + 1) % 10**6:06d}", NOON).stored
+    second = codes.issue_code(NOON, 1, wrong_tries_so_far=stored["tries"])
+    wrong = f"{(int(second.code) + 1) % 10**6:06d}"
+    check = codes.check_code(second.stored, wrong, NOON)
+    assert check.refusal.details == {"tries_left": 1}
+    assert codes.check_code(check.stored, wrong, NOON).refusal.code == "code_dead", "five wrong in all, not per code"
+
+
 def test_a_remembered_device_is_forgotten_after_180_days_without_use() -> None:
     device = {"remembered": True, "revoked_at": None, "last_used_at": NOON}
     assert codes.remembered_device_usable(device, NOON + timedelta(days=179))
