@@ -57,7 +57,8 @@ class NotificationSettings(ServiceSettings):
     quiet_hours_end: str = Field(default="08:00", pattern=r"^\d{2}:\d{2}$")
     default_time_zone: str = "Europe/Paris"
 
-    staff_api_token: SecretStr = SecretStr("")
+    staff_api_token: SecretStr = Field(
+        default=SecretStr(""), description="Bearer token of the staff API; without one its endpoints answer 503")
 
     @field_validator("portal_base_url")
     @classmethod

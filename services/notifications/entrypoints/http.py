@@ -1,8 +1,9 @@
 """The staff API: what was sent to a customer, and what became of it.
 
-Recipients are masked (support can tell addresses apart, not read them); the content of messages
-is never stored, so it cannot be shown. When ``STAFF_API_TOKEN`` is set, requests must carry it as
-a bearer token.
+Recipients are masked (support can tell addresses apart, not read them), and so are the addresses
+and numbers that providers quote in their reasons; the content of messages is never stored, so it
+cannot be shown. Requests must carry ``STAFF_API_TOKEN`` as a bearer token; without one configured
+the staff endpoints are closed (503), so that a forgotten setting never leaves them open.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pydantic import BaseModel
 from services.notifications.adapters.store import DeliveryStore
 from services.notifications.domain.delivery import Delivery
 from shared.clock import Clock
-from shared.logging import mask_email, mask_phone
+from shared.logging import mask_email, mask_phone, scrub
 
 
 class Attempt(BaseModel):
@@ -68,23 +69,31 @@ def view(doc: dict[str, Any], now: datetime) -> DeliveryView:
         next_attempt_at=delivery.next_attempt_at,
         finished_at=doc.get("finished_at"),
         provider_id=doc.get("provider_id"),
-        reason=doc.get("reason") or delivery.last_error,
+        reason=_masked(doc.get("reason") or delivery.last_error),
         permanent=doc.get("permanent"),
         parked=doc.get("parked"),
         fallback_of=delivery.fallback_of,
         fallback_id=doc.get("fallback_id"),
-        note=delivery.note,
-        history=[Attempt(**entry) for entry in delivery.log],
+        note=_masked(delivery.note),
+        history=[Attempt(**{**entry, "reason": _masked(entry.get("reason"))}) for entry in delivery.log],
     )
 
 
+def _masked(text: str | None) -> str | None:
+    """A provider's words, which may quote the address or number they refuse (``<jeanne@…>: Relay
+    access denied``, ``The 'To' number +336… is not valid``): masked like the recipient."""
+    return scrub(text) if text else text
+
+
 def add_routes(app: FastAPI, store: DeliveryStore, clock: Clock, staff_token: str) -> None:
+    expected = f"Bearer {staff_token}".encode()
+
     async def staff_only(authorization: str | None = Header(default=None)) -> None:
         if not staff_token:
-            return
-        expected = f"Bearer {staff_token}"
-        if authorization is None or not hmac.compare_digest(authorization.encode(), expected.encode()):
-            raise HTTPException(status_code=401, detail="staff token required")
+            raise HTTPException(status_code=503, detail="staff API disabled: set STAFF_API_TOKEN")
+        if authorization is None or not hmac.compare_digest(authorization.encode(), expected):
+            raise HTTPException(status_code=401, detail="staff token required",
+                                headers={"WWW-Authenticate": "Bearer"})
 
     router = APIRouter(prefix="/v1", tags=["deliveries"], dependencies=[Depends(staff_only)])
 

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.integration
 
 KEYS = "examples:" + "A" * 43  # the ring tests/unit/examples.py seals with
 PORTAL = "https://portal.leaseline.example"
+STAFF_TOKEN = "staff-token-of-the-tests"
 
 
 @dataclass
@@ -95,7 +96,8 @@ class Harness:
 
     def http(self) -> httpx.AsyncClient:
         transport = httpx.ASGITransport(app=self.service.runtime.app)
-        return httpx.AsyncClient(transport=transport, base_url="http://notifications")
+        return httpx.AsyncClient(transport=transport, base_url="http://notifications",
+                                 headers={"Authorization": f"Bearer {STAFF_TOKEN}"})
 
     async def deliveries_of(self, customer_id: str) -> list[dict[str, Any]]:
         async with self.http() as http:
@@ -127,6 +129,7 @@ def notification_settings(base: ServiceSettings, sinks: Sinks, **overrides: Any)
         service_name="notifications",
         event_secret_keys=KEYS,
         portal_base_url=PORTAL,
+        staff_api_token=STAFF_TOKEN,
         smtp_port=sinks.mail.port,
         twilio_base_url=sinks.sms.base_url,
         delivery_backoff_initial_s=0.3,
