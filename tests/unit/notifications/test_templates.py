@@ -284,6 +284,28 @@ def test_belgian_dutch_says_aanmelden_and_teruggave_and_dutch_says_inloggen_and_
     assert "aanmeld" not in dutch and "teruggave" not in dutch, "one word for signing in within nl"
 
 
+@pytest.mark.parametrize(
+    ("locale", "ours", "not_ours"),
+    [("fr-FR", "service clients", "service à la clientèle"), ("fr-BE", "service clients", "service à la clientèle"),
+     ("fr-CA", "service à la clientèle", "service clients"), ("nl-NL", "klantenservice", "klantendienst"),
+     ("nl-BE", "klantendienst", "klantenservice")],
+)
+def test_the_customer_service_has_one_name_in_each_region_signature_and_texts_alike(
+    locale: str, ours: str, not_ours: str
+) -> None:
+    ended = next(e for e in example_events() if e.event_type == "customer.access_ended")
+    text = render("access_ended", "email", locale, ended).text.lower()
+    assert text.count(ours) == 2, "the text and the signature"
+    assert not_ours not in _all_emails_and_sms(locale)
+
+
+def test_dutch_speaks_of_the_usual_email_address() -> None:
+    restored = next(e for e in example_events() if e.event_type == "customer.access_restored")
+    for locale in ("nl-NL", "nl-BE"):
+        text = render("access_restored", "email", locale, restored).text
+        assert "uw gebruikelijke e-mailadres en wachtwoord" in text and "gewone" not in text
+
+
 def test_a_deadline_is_written_day_first_then_time() -> None:
     locked = next(e for e in example_events() if e.event_type == "customer.account_locked")  # 09:45 UTC
     reset = next(e for e in example_events() if e.event_type == "customer.password_reset_requested")  # 10:30 UTC
