@@ -21,6 +21,9 @@ def make_broker(settings: ServiceSettings, *, graceful_timeout: float = 15.0) ->
         enable_idempotence=True,
         linger_ms=2,
         request_timeout_ms=30_000,
+        # Topics come from their declared spec (shared.messaging.topics), never from a first publish
+        # or subscription: the broker refuses that too, where we run it, but not every broker does.
+        allow_auto_create_topics=False,
         graceful_timeout=graceful_timeout,
         logger=None,
         apply_types=False,

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, UnknownTopicOrPartitionError
 from aiokafka.consumer import fetcher as aiokafka_fetcher
 from bson import ObjectId
 from bson.int64 import Int64
@@ -614,6 +614,21 @@ async def test_the_outbox_backlog_counts_what_waits_until_kafka_takes_it_then_re
     assert await eventually(lambda: backlog() == 5, 10, "and the three handed over"), backlog()
     runtime.relay._publish = publish
     assert await eventually(lambda: backlog() == 0, 30, "all relayed"), backlog()
+
+
+async def test_a_topic_nobody_declared_is_not_created_by_publishing_to_it(settings: ServiceSettings) -> None:
+    from shared.messaging.kafka import partitions_of
+
+    topic = f"{settings.topic_namespace}never.declared"
+    # A client that asks for automatic creation (aiokafka's default; ours do not): the broker refuses.
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=3000)
+    await producer.start()
+    try:
+        with pytest.raises((UnknownTopicOrPartitionError, KafkaTimeoutError)):
+            await producer.send_and_wait(topic, b"{}")
+    finally:
+        await producer.stop()
+    assert await partitions_of(settings.kafka_bootstrap_servers, topic) == [], "no topic was created"
 
 
 async def test_readiness_answers_503_when_the_store_is_unreachable(
