@@ -153,9 +153,16 @@ class DeliveryStore:
 
     async def for_customer(self, customer_id: str, limit: int) -> list[dict[str, Any]]:
         """Newest first; a delivery still active wins over its archived copy (a re-opened one)."""
-        active = await self.active.find({"customer_id": customer_id}).sort(
-            "created_at", DESCENDING).to_list(limit)
-        history = await self.history.find({"customer_id": customer_id}).sort("created_at", DESCENDING).to_list(limit)
+        return await self._newest({"customer_id": customer_id}, limit)
+
+    async def for_customer_number(self, customer_number: str, limit: int) -> list[dict[str, Any]]:
+        """The same, by customer number (messages sent before the customer had an account). No
+        index: support asks rarely, and every insert on the hot path would pay for one."""
+        return await self._newest({"customer_number": customer_number}, limit)
+
+    async def _newest(self, query: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+        active = await self.active.find(query).sort("created_at", DESCENDING).to_list(limit)
+        history = await self.history.find(query).sort("created_at", DESCENDING).to_list(limit)
         merged = {d["_id"]: d for d in history} | {d["_id"]: d for d in active}
         return sorted(merged.values(), key=lambda d: d["created_at"], reverse=True)[:limit]
 

@@ -52,6 +52,9 @@ class Delivery:
     envelope: dict[str, Any]  # the source event as received (secrets still sealed)
     origin: dict[str, Any]  # where it was read: topic, partition, offset, consumer group
     customer_id: str | None = None
+    # The customer's number, when the event knows the customer by it and by no account id (the
+    # registration code, texted before any account exists): what support can look the message up by.
+    customer_number: str | None = None
     first_name: str | None = None
     not_before: datetime | None = None
     expires_at: datetime | None = None

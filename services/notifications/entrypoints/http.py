@@ -103,6 +103,15 @@ def add_routes(app: FastAPI, store: DeliveryStore, clock: Clock, staff_token: st
         now = clock.now()
         return [view(doc, now) for doc in await store.for_customer(customer_id, limit)]
 
+    @router.get("/customer-numbers/{customer_number}/deliveries", response_model=list[DeliveryView])
+    async def customer_number_deliveries(
+        customer_number: str, limit: int = Query(default=50, ge=1, le=500)
+    ) -> list[DeliveryView]:
+        """The same, by customer number: the registration code is texted before any account (and
+        customer id) exists."""
+        now = clock.now()
+        return [view(doc, now) for doc in await store.for_customer_number(customer_number, limit)]
+
     @router.get("/deliveries/{delivery_id}", response_model=DeliveryView)
     async def one_delivery(delivery_id: str) -> DeliveryView:
         doc = await store.one(delivery_id)

@@ -110,6 +110,7 @@ class Recorder:
             origin={"topic": received.topic, "partition": received.partition, "offset": received.offset,
                     "group": self.group_id},
             customer_id=data.get("customer_id") or data.get("user_id"),
+            customer_number=data.get("customer_number"),
             first_name=data.get("first_name"),
             not_before=item.not_before,
             expires_at=item.expires_at,

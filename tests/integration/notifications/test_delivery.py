@@ -454,6 +454,30 @@ async def test_a_code_by_sms_reaches_the_number_known_from_the_customers_details
     assert sms.to == "+32470555666" and "909090" in sms.body
 
 
+async def test_a_registration_code_sent_before_any_account_exists_is_found_by_the_customer_number(
+    notifications: StartNotifications, unique: str
+) -> None:
+    harness = await notifications()
+    number = f"BE-{unique}"
+    await harness.publish(c.RegistrationCodeIssued(
+        customer_number=number, mobile="+32470123456", locale="nl-BE",
+        code=c.RegistrationCodeIssued.seal(RING, "code", "654321"),
+        code_expires_at=datetime.now(UTC) + timedelta(minutes=10),
+    ))
+
+    [sms] = await eventually(lambda: [m for m in harness.sinks.sms.messages if "654321" in m.body], 30, "the code")
+
+    async def found() -> list[dict[str, Any]] | None:
+        async with harness.http() as http:
+            answer = await http.get(f"/v1/customer-numbers/{number}/deliveries")
+        assert answer.status_code == 200, answer.text
+        return [d for d in answer.json() if d["status"] == "sent"] or None
+
+    [delivery] = await eventually(found, 30, "the delivery, by customer number")
+    assert (delivery["template"], delivery["channel"], delivery["provider_id"]) == ("registration_code", "sms", sms.sid)
+    assert delivery["recipient"] == "+324*****456"
+
+
 class Broken:
     """An email transport with a bug: every call raises something no one classified."""
 

@@ -50,13 +50,25 @@ class Store:
     async def for_customer(self, customer_id: str, limit: int) -> list[dict[str, Any]]:
         return [d for d in self.docs.values() if d["customer_id"] == customer_id][:limit]
 
+    async def for_customer_number(self, customer_number: str, limit: int) -> list[dict[str, Any]]:
+        return [d for d in self.docs.values() if d.get("customer_number") == customer_number][:limit]
+
     async def one(self, delivery_id: str) -> dict[str, Any] | None:
         return self.docs.get(delivery_id)
 
 
+def registration_code() -> dict[str, Any]:
+    return Delivery(
+        id="ntf_code", source_event_id="evt_2", source_event_type="customer.registration_code_issued", channel="sms",
+        recipient="+32470123456", template="registration_code", locale="nl-BE", category="transactional",
+        urgency="immediate", created_at=NOW, envelope={}, origin={}, customer_number="BE-100234",
+    ).finish(Status.SENT, NOW, provider_id="SM" + "1" * 32).to_document()
+
+
 def client(token: str) -> httpx.AsyncClient:
     app = FastAPI()
-    add_routes(app, Store(refused_sms(), fallback_email()), FixedClock(NOW), token)  # type: ignore[arg-type]
+    store = Store(refused_sms(), fallback_email(), registration_code())
+    add_routes(app, store, FixedClock(NOW), token)  # type: ignore[arg-type]
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://notifications")
 
 
@@ -82,6 +94,14 @@ async def test_a_missing_or_wrong_token_is_refused_and_the_right_one_lets_suppor
         assert (await http.get("/v1/deliveries/ntf_sms", headers=bearer("wrong"))).status_code == 401
         answer = await http.get("/v1/customers/cus_jeanne/deliveries", headers=bearer(TOKEN))
         assert answer.status_code == 200 and {d["id"] for d in answer.json()} == {"ntf_sms", "ntf_email"}
+
+
+async def test_a_code_texted_before_the_account_existed_is_found_by_customer_number_with_the_token_only() -> None:
+    async with client(TOKEN) as http:
+        assert (await http.get("/v1/customer-numbers/BE-100234/deliveries")).status_code == 401
+        answer = await http.get("/v1/customer-numbers/BE-100234/deliveries", headers=bearer(TOKEN))
+    [code] = answer.json()
+    assert (code["id"], code["status"], code["recipient"]) == ("ntf_code", "sent", "+324*****456")
 
 
 async def test_addresses_and_numbers_quoted_in_provider_reasons_are_masked() -> None:
