@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import warnings
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,21 +68,31 @@ def external_infrastructure(environ: Mapping[str, str]) -> tuple[str, str] | Non
     return None
 
 
+def infrastructure_kind(environ: Mapping[str, str], docker_answers: Callable[[], bool]) -> str:
+    """Which infrastructure the tests use, in this order: what the environment names, else
+    containers when a Docker engine answers, else the local infrastructure (deploy.localinfra)."""
+    if external_infrastructure(environ) is not None:
+        return "environment"
+    return "testcontainers" if docker_answers() else "local"
+
+
 @pytest.fixture(scope="session")
 def infra() -> Iterator[Infrastructure]:
     try:
-        external = external_infrastructure(os.environ)
+        kind = infrastructure_kind(os.environ, _docker_answers)
     except ValueError as error:
         pytest.fail(str(error), pytrace=False)
-    if external is not None:
-        yield Infrastructure(*external, "environment")
+    if kind == "environment":
+        yield Infrastructure(*external_infrastructure(os.environ), kind)  # type: ignore[misc]
         return
-    if _docker_answers():
+    if kind == "testcontainers":
         from testcontainers.community.kafka import KafkaContainer
         from testcontainers.community.mongodb import MongoDbContainer
 
-        with KafkaContainer(KAFKA_IMAGE).with_kraft() as kafka, MongoDbContainer(MONGODB_IMAGE) as mongo:
-            yield Infrastructure(kafka.get_bootstrap_server(), mongo.get_connection_url(), "testcontainers")
+        # As locally and in docker-compose: topics exist only once declared, never on first use.
+        broker = KafkaContainer(KAFKA_IMAGE).with_kraft().with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
+        with broker as kafka, MongoDbContainer(MONGODB_IMAGE) as mongo:
+            yield Infrastructure(kafka.get_bootstrap_server(), mongo.get_connection_url(), kind)
         return
     from deploy.localinfra import LocalFerretDB, LocalKafka, Profile, ensure_running
 

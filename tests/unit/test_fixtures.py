@@ -1,8 +1,10 @@
 """Which infrastructure the integration tests use, decided from the environment."""
 
+from collections.abc import Callable
+
 import pytest
 
-from tests.conftest import KAFKA_IMAGE, MONGODB_IMAGE, external_infrastructure
+from tests.conftest import KAFKA_IMAGE, MONGODB_IMAGE, external_infrastructure, infrastructure_kind
 
 
 def test_both_variables_set_name_existing_infrastructure() -> None:
@@ -27,3 +29,36 @@ def test_container_images_are_pinned() -> None:
     for image in (KAFKA_IMAGE, MONGODB_IMAGE):
         name, _, tag = image.partition(":")
         assert tag and tag != "latest", image
+
+
+def docker(answers: bool) -> Callable[[], bool]:
+    asked: list[bool] = []
+
+    def ping() -> bool:
+        asked.append(True)
+        return answers
+
+    ping.asked = asked  # type: ignore[attr-defined]
+    return ping
+
+
+def test_the_environment_comes_first_and_docker_is_not_even_asked() -> None:
+    ping = docker(answers=True)
+    environ = {"KAFKA_BOOTSTRAP_SERVERS": "broker:9092", "MONGODB_URI": "mongodb://store/"}
+    assert infrastructure_kind(environ, ping) == "environment"
+    assert ping.asked == []  # type: ignore[attr-defined]
+
+
+def test_containers_come_next_when_a_docker_engine_answers() -> None:
+    assert infrastructure_kind({}, docker(answers=True)) == "testcontainers"
+
+
+def test_the_local_infrastructure_comes_last() -> None:
+    assert infrastructure_kind({}, docker(answers=False)) == "local"
+
+
+def test_half_an_environment_is_refused_before_anything_is_started() -> None:
+    ping = docker(answers=True)
+    with pytest.raises(ValueError, match="MONGODB_URI"):
+        infrastructure_kind({"KAFKA_BOOTSTRAP_SERVERS": "broker:9092"}, ping)
+    assert ping.asked == []  # type: ignore[attr-defined]
