@@ -77,6 +77,7 @@ async def create_organisation(ctx: Identity, caller: Caller, actor: Actor, name:
                               administrator: Person) -> dict[str, str]:
     if not actor.is_service_desk:
         raise Refusal("forbidden", "only the service desk creates organisations", 403)
+    await ctx.limit(caller, "organisation_create", "send", administrator.email)  # the invitation email
     organisation_id = tokens.new_id("org")
     await audit(ctx, actor, "organisation.create", "organisation", organisation_id, organisation_id, name=name, kind=kind)
     await ctx.stores.organisations.create(
@@ -98,6 +99,7 @@ async def _organisation(ctx: Identity, actor: Actor, organisation_id: str) -> St
 async def invite_user(ctx: Identity, caller: Caller, actor: Actor, organisation_id: str, person: Person,
                       role: str) -> str:
     organisation = await _organisation(ctx, actor, organisation_id)
+    await ctx.limit(caller, "invite_user", "send", person.email)  # the invitation email
     return await _invite(ctx, caller, actor, organisation_id, organisation.state["name"], person, role)
 
 
@@ -198,6 +200,8 @@ async def staff_unblock(ctx: Identity, caller: Caller, actor: Actor, account_id:
 
 
 async def _unblock(ctx: Identity, caller: Caller, actor: Actor, account_id: str, organisation_id: str | None) -> None:
+    # The owner of a locked account is emailed: counted per account whoever unblocks it.
+    await ctx.limit(caller, "unblock", "send", account_id)
     await audit(ctx, actor, "account.unblock", "account", account_id, organisation_id)
 
     async def attempt() -> None:

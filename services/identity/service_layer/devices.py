@@ -222,6 +222,7 @@ async def register_certificate(ctx: Identity, caller: Caller, account_id: str, s
     """Bind a personal client certificate to the account: from then on, signing in with it replaces
     the code. Only from a device already authorised (else a stolen password would be enough to
     register the thief's certificate), and told to the owner like any new device."""
+    await ctx.limit(caller, "client_certificate", "send", account_id)  # the new-device notice
     account = await ctx.stores.accounts.get(account_id)
     assert account is not None
     if not rules.needs_device_authorisation(account.state):

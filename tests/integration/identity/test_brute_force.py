@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import timedelta
 
+import httpx
 import pytest
 
 from services.identity.service_layer.administration import Person, create_staff_account
-from shared.events import AccountLocked, AccountUnlocked
+from services.identity.service_layer.context import Caller
+from services.identity.service_layer.sessions import open_session
+from shared.events import AccountLocked, AccountUnlocked, OrganisationUserInvited
 from tests.integration.identity.conftest import (
     OTHER_STRONG,
     STRONG,
@@ -18,6 +24,7 @@ from tests.integration.identity.conftest import (
     register_and_activate,
     start_harness,
     stop_harness,
+    unseal,
 )
 from tests.conftest import Infrastructure
 
@@ -96,6 +103,52 @@ async def test_unknown_emails_are_never_locked_but_are_rate_limited_like_known_o
         await stop_harness(harness)
 
 
+@dataclass
+class Organisation:
+    """A service desk member, an organisation, its activated administrator and one invited member, each
+    set up from an address of its own (so that the limits under test count only the test's requests)."""
+
+    desk: dict[str, str]
+    organisation_id: str
+    administrator: dict[str, str]
+    member_id: str
+
+
+async def an_organisation(harness: Harness) -> Organisation:
+    def elsewhere() -> httpx.AsyncClient:
+        return harness.http(f"198.18.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250 + 1}")
+
+    ctx = harness.runtime.identity
+    desk_email = f"desk.{uuid.uuid4().hex[:6]}@leaseline.example"
+    await create_staff_account(ctx, Person("Sam", "Desk", desk_email, "en"), ["service_desk"], STRONG)
+    desk = bearer((await login(harness, {"email": desk_email, "password": STRONG}, client=elsewhere())).json())
+    admin_email = f"anna.{uuid.uuid4().hex[:6]}@garage.nl"
+    created = (await elsewhere().post("/v1/organisations", headers=desk, json={
+        "name": "Garage West", "kind": "garage",
+        "administrator": {"first_name": "Anna", "last_name": "Bakker", "email": admin_email, "locale": "nl-NL"}})).json()
+    (invited,) = await harness.events(OrganisationUserInvited, email=admin_email)
+    activated = await elsewhere().post("/v1/activations", json={"token": unseal(harness, invited, "activation_token"),
+                                                                "password": STRONG})
+    assert activated.status_code == 200, activated.text
+    # Signed in past the device step (the device flow itself is proven elsewhere).
+    account = await ctx.stores.accounts.get(created["administrator_id"])
+    administrator = bearer(await open_session(ctx, Caller("t"), account, device_id=None, amr=["pwd", "otp"]))
+    member = await elsewhere().post(f"/v1/organisations/{created['organisation_id']}/users", headers=administrator,
+                                    json=colleague("Bram"))
+    assert member.status_code == 201, member.text
+    return Organisation(desk, created["organisation_id"], administrator, member.json()["user_id"])
+
+
+def colleague(first: str, email: str | None = None) -> dict:
+    return {"first_name": first, "last_name": "Visser", "locale": "nl-NL", "role": "adviser",
+            "email": email or f"{first.lower()}.{uuid.uuid4().hex[:6]}@garage.nl"}
+
+
+def new_organisation(email: str) -> dict:
+    return {"name": "Garage Oost", "kind": "garage",
+            "administrator": {"first_name": "Joost", "last_name": "Smit", "email": email, "locale": "nl-NL"}}
+
+
 async def test_one_address_is_limited_across_accounts_on_every_endpoint_that_sends_or_checks(
     infra: Infrastructure,
 ) -> None:
@@ -105,6 +158,10 @@ async def test_one_address_is_limited_across_accounts_on_every_endpoint_that_sen
         attacker, neighbour = harness.http("203.0.113.66"), harness.http("203.0.113.99")
         signed_in = await register_and_activate(harness, "Tanguy Leroux")  # from another address
         session = bearer((await login(harness, signed_in)).json())
+        org = await an_organisation(harness)
+        users = f"/v1/organisations/{org.organisation_id}/users"
+        signed = {"/v1/organisations": org.desk, users: org.administrator,
+                  f"{users}/{org.member_id}/unblock": org.administrator}
 
         def newcomer(i: int) -> dict:
             return person("Ulysse Barbier") | {"email": f"ulysse.{i}@example.fr"}
@@ -116,8 +173,9 @@ async def test_one_address_is_limited_across_accounts_on_every_endpoint_that_sen
             "/v1/sessions/refresh": lambda i: {"refresh_token": f"ses_x{i}." + "A" * 43},
             "/v1/device-challenges/verify": lambda i: {"challenge": f"chl_x{i}." + "A" * 43, "code": "123456"},
             "/v1/password-changes/forced": lambda i: {"change_ticket": f"cus_x{i}." + "A" * 43, "new_password": STRONG},
+            # A password too weak to pass is counted too: the limit comes before the strength check.
             "/v1/registrations/by-customer-number": lambda i: newcomer(i) | {"customer_number": f"BE-{i}000",
-                                                                              "code": "123456",
+                                                                              "code": "123456", "password": "weak",
                                                                               "contract_number": f"BE-{i}000-L1"},
             "PUT /v1/me/password": lambda i: {"current_password": WRONG, "new_password": OTHER_STRONG},
             "/v1/me/contract-links": lambda i: {"method": "customer_number", "customer_number": f"BE-{i}001"},
@@ -128,10 +186,15 @@ async def test_one_address_is_limited_across_accounts_on_every_endpoint_that_sen
             "/v1/activations/resend": lambda i: {"email": f"target{i}@example.fr"},
             "/v1/registrations/customer-number-codes": lambda i: {"customer_number": f"BE-{i}000", "locale": "nl-BE"},
             "/v1/device-challenges/code": lambda i: {"challenge": f"chl_x{i}." + "A" * 43, "channel": "sms"},
+            "/v1/organisations": lambda i: new_organisation(f"joost.{i}.{uuid.uuid4().hex[:6]}@garage.nl"),
+            users: lambda i: colleague(f"Eva{i}"),
+            # The service desk's unblock shares this one's counters (one account, one kind of message).
+            f"{users}/{org.member_id}/unblock": lambda i: None,
+            "/v1/me/client-certificates": lambda i: {"certificate_pem": f"not a certificate {i}"},
         }
         for target, body in [*calls.items(), *sends.items()]:
             method, _, path = target.rpartition(" ")
-            headers = session if path.startswith("/v1/me/") else {}
+            headers = session if path.startswith("/v1/me/") else signed.get(path, {})
 
             async def call(client, i: int) -> int:  # type: ignore[no-untyped-def]
                 answer = await client.request(method or "POST", path, json=body(i), headers=headers)
@@ -163,3 +226,40 @@ async def test_behind_the_proxy_a_client_cannot_escape_the_address_limit_by_forg
         assert await sign_in_via_proxy("192.0.2.1", "203.0.113.99") == 401, "another client is counted apart"
     finally:
         await stop_harness(harness)
+
+
+@pytest.fixture(scope="module")
+async def two_sends_an_hour(infra: Infrastructure) -> AsyncIterator[tuple[Harness, Organisation, dict]]:
+    """A service that sends one account at most two messages an hour (default per-address limits)."""
+    harness = await start_harness(infra, rate_account_sends_per_hour=2, answer_floor_ms=0)
+    try:
+        customer = await register_and_activate(harness, "Romane Giraud")
+        yield harness, await an_organisation(harness), customer
+    finally:
+        await stop_harness(harness)
+
+
+@pytest.mark.parametrize("endpoint", ["organisation", "invitation", "unblock by the administrator",
+                                      "unblock by the service desk", "client certificate"])
+async def test_one_account_is_sent_at_most_so_many_messages_whatever_the_address(
+    two_sends_an_hour: tuple[Harness, Organisation, dict], endpoint: str,
+) -> None:
+    harness, org, customer = two_sends_an_hour
+    users = f"/v1/organisations/{org.organisation_id}/users"
+    invitee = f"joost.{uuid.uuid4().hex[:6]}@garage.nl"
+    if endpoint == "client certificate":
+        session = bearer((await login(harness, customer, client=harness.http("198.19.0.1"))).json())
+    path, headers, body = {
+        "organisation": ("/v1/organisations", org.desk, new_organisation(invitee)),
+        "invitation": (users, org.administrator, colleague("Eva", invitee)),
+        "unblock by the administrator": (f"{users}/{org.member_id}/unblock", org.administrator, None),
+        "unblock by the service desk": (f"/v1/staff/accounts/{customer['customer_id']}/unblock", org.desk, None),
+        "client certificate": ("/v1/me/client-certificates", session if endpoint == "client certificate" else {},
+                               {"certificate_pem": "not a certificate"}),
+    }[endpoint]
+    statuses = []
+    for n in range(3):  # each from an address of its own
+        answer = await harness.http(f"198.19.1.{n + 10}").post(path, headers=headers, json=body)
+        assert answer.status_code < 500, answer.text
+        statuses.append(answer.status_code)
+    assert 429 not in statuses[:2] and statuses[2] == 429, statuses
