@@ -4,11 +4,15 @@
   a process of its own) accepted them, for a burst of events published as fast as possible; three
   times, each next to the backbone's peak (outbox, relay, Kafka, idempotent consumer) measured
   seconds before or after it, and the share of the backbone is the median of those pairs;
+- sustained: the same for one burst of 20,000 events (about forty seconds here): the rate the
+  500-per-second target is judged on;
 - steady: p50/p99 of that same path (publish -> SMTP accepted) at half the peak rate;
 - one replica: the peak again, once all but one replica have stopped;
 - backbone: how fast the shared consumer alone reads the same events, with a handler doing nothing
   (the raw consume rate), and with the smallest idempotent handler (one store insert per event),
-  so the figures can be compared on this machine.
+  so the figures can be compared on this machine. The share of the backbone is reported against
+  all three (``share_of_backbone`` against the whole backbone path, ``share_of_raw_consume``,
+  ``share_of_idempotent_consume``); the 50 % target is judged on the first, the most favourable.
 
 The service runs as it is deployed: its own command (``python -m services.notifications``),
 configured by environment, one replica per core by default (``NOTIFICATIONS_BENCH_REPLICAS``),
@@ -53,6 +57,7 @@ from shared.storage import DocumentStore
 from shared.storage.mongo import is_duplicate_key
 
 PEAK_EVENTS = int(os.environ.get("NOTIFICATIONS_BENCH_EVENTS", "6000"))
+SUSTAINED_EVENTS = int(os.environ.get("NOTIFICATIONS_BENCH_SUSTAINED_EVENTS", "20000"))
 STEADY_SECONDS = float(os.environ.get("NOTIFICATIONS_BENCH_STEADY_S", "15"))
 REPLICAS = int(os.environ.get("NOTIFICATIONS_BENCH_REPLICAS", str(os.cpu_count() or 1)))
 ROUNDS = int(os.environ.get("NOTIFICATIONS_BENCH_ROUNDS", "3"))  # peak and backbone pairs
@@ -234,12 +239,12 @@ async def measure(kafka_bootstrap: str, mongodb_uri: str) -> dict[str, Any]:
         sent.extend(ids)
         return [envelope for envelope, _ in pairs], ids
 
-    async def peak(tag: str) -> float:
+    async def peak(tag: str, events: int = PEAK_EVENTS) -> float:
         """A burst published as fast as possible, until every email is accepted."""
-        burst, ids = burst_of(PEAK_EVENTS, tag)
+        burst, ids = burst_of(events, tag)
         started = await publish_burst(producer, topic, burst)
         await _until(lambda: arrivals.count(ids) == len(ids), 600)
-        return PEAK_EVENTS / (max(arrivals.at[i] for i in ids) - started)
+        return events / (max(arrivals.at[i] for i in ids) - started)
 
     async def warm_up(tag: str) -> None:
         """Connections open, templates compiled, every replica with its partitions."""
@@ -272,6 +277,11 @@ async def measure(kafka_bootstrap: str, mongodb_uri: str) -> dict[str, Any]:
             results["peak_per_round"] = [round(p, 1) for p in peaks]
             results["backbone_per_round"] = [round(b, 1) for b in backbones]
             results["share_per_round"] = [round(share, 3) for share in shares]
+            # Sustained: one long burst (about forty seconds here), so that the rate is not that of
+            # a few seconds the broker, the store and the catcher happened to leave free.
+            await replicas.settled()
+            results["sustained_emails_per_s"] = await peak("long", SUSTAINED_EVENTS)
+            results["sustained_events"] = SUSTAINED_EVENTS
 
             # Steady: half the peak, paced every 20 ms; latency from publish to SMTP accepted.
             rate = results["peak_emails_per_s"] / 2
@@ -321,7 +331,7 @@ async def measure(kafka_bootstrap: str, mongodb_uri: str) -> dict[str, Any]:
         results["events"] = PEAK_EVENTS
     finally:
         await remove_run(kafka_bootstrap, mongodb_uri, topic_namespace=namespace, database=database)
-    results["target_emails_per_s_met"] = results["peak_emails_per_s"] >= TARGETS["emails_per_s"]
+    results["target_emails_per_s_met"] = results["sustained_emails_per_s"] >= TARGETS["emails_per_s"]
     results["target_share_met"] = results["share_of_backbone"] >= TARGETS["share_of_backbone"]
     results["target_p99_met"] = results["steady_p99_ms"] < TARGETS["p99_ms"]
     return results
