@@ -16,7 +16,7 @@ from shared.logging import configure_logging
 
 async def _staff_add(settings: IdentitySettings, email: str, first: str, last: str, roles: str) -> None:
     from services.identity.domain.normalise import normalise_email
-    from services.identity.service_layer.administration import Person, create_staff_account
+    from services.identity.service_layer.administration import Person, create_staff_account, operator_here
 
     runtime = build(settings)
     await runtime.db.command("ping")
@@ -26,7 +26,8 @@ async def _staff_add(settings: IdentitySettings, email: str, first: str, last: s
     await ensure_indexes(runtime.db, INDEXES)
     password = sys.stdin.readline().rstrip("\n")
     staff_id = await create_staff_account(
-        runtime.identity, Person(first, last, normalise_email(email), "en"), roles.split(","), password
+        runtime.identity, Person(first, last, normalise_email(email), "en"), roles.split(","), password,
+        actor=operator_here(),
     )
     print(staff_id)
     await runtime.mongo.close()

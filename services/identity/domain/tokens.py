@@ -32,6 +32,12 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{_random.token_hex(12)}"
 
 
+def time_ordered_id(prefix: str, now: datetime) -> str:
+    """An id that sorts after those made before it (to the microsecond): the store keeps times to
+    the millisecond only, and records read newest first need an order within one millisecond."""
+    return f"{prefix}_{int(now.timestamp() * 1_000_000):014x}{_random.token_hex(6)}"
+
+
 def new_secret() -> str:
     return _random.token_urlsafe(TOKEN_BYTES)
 

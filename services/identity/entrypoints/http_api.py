@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.identity.adapters.certificates import fingerprint_from_header
@@ -364,9 +364,15 @@ def build_api(app: FastAPI, ctx: Identity, settings: IdentitySettings) -> None:
         await administration.unblock_member(ctx, who, p.actor, organisation_id, user_id)
         return s.Done(status="unblocked")
 
+    AuditLimit = Annotated[int, Query(ge=1, le=administration.AUDIT_PAGE_MAX, description="Records per page")]
+    AuditBefore = Annotated[str | None, Query(max_length=64, description="Page on: records older than this one")]
+
     @v1.get("/organisations/{organisation_id}/audit", response_model=list[s.AuditItem], tags=["organisations"])
-    async def organisation_audit(organisation_id: str, p: Who) -> list[dict[str, Any]]:
-        return await administration.audit_trail(ctx, p.actor, organisation_id=organisation_id, target_id=None)
+    async def organisation_audit(organisation_id: str, p: Who, limit: AuditLimit = administration.AUDIT_PAGE_MAX,
+                                 before: AuditBefore = None) -> list[dict[str, Any]]:
+        """The organisation's audit trail, newest first."""
+        return await administration.audit_trail(ctx, p.actor, organisation_id=organisation_id, target_id=None,
+                                                limit=limit, before=before)
 
     @v1.post("/staff/accounts/{account_id}/unblock", response_model=s.Done, tags=["staff"])
     async def staff_unblock(account_id: str, p: Who, who: Asker) -> s.Done:
@@ -382,10 +388,13 @@ def build_api(app: FastAPI, ctx: Identity, settings: IdentitySettings) -> None:
         return s.Count(accounts=count)
 
     @v1.get("/staff/audit", response_model=list[s.AuditItem], tags=["staff"])
-    async def staff_audit(p: Who, target_id: str | None = None) -> list[dict[str, Any]]:
+    async def staff_audit(p: Who, target_id: str | None = None, limit: AuditLimit = administration.AUDIT_PAGE_MAX,
+                          before: AuditBefore = None) -> list[dict[str, Any]]:
+        """Every audit record (or those of one target), newest first."""
         if p.kind != rules.STAFF:
             raise Refusal("forbidden", "staff only", 403)
-        return await administration.audit_trail(ctx, p.actor, organisation_id=None, target_id=target_id)
+        return await administration.audit_trail(ctx, p.actor, organisation_id=None, target_id=target_id,
+                                                limit=limit, before=before)
 
     app.include_router(v1)
 

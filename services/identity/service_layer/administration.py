@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import getpass
+import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
 from services.identity.domain import accounts as rules
 from services.identity.domain import tokens
-from services.identity.domain.errors import Refusal
+from services.identity.domain.errors import FieldProblem, Refusal
 from services.identity.domain.lockout import LockState
 from services.identity.service_layer.context import Caller, Identity, addressed, retrying
 from services.identity.service_layer.registration import Registration, new_account_state
@@ -55,7 +58,8 @@ async def audit(ctx: Identity, actor: Actor, action: str, target_type: str, targ
                 organisation_id: str | None = None, **details: Any) -> str:
     """Record the act before doing it: an act never happens without its record (it may be recorded and
     then fail, which the record's later absence of effect shows)."""
-    audit_id = tokens.new_id("aud")
+    now = ctx.now()
+    audit_id = tokens.time_ordered_id("aud", now)
     await ctx.stores.audit.create(
         audit_id,
         {
@@ -67,7 +71,7 @@ async def audit(ctx: Identity, actor: Actor, action: str, target_type: str, targ
             "target_id": target_id,
             "organisation_id": organisation_id,
             "details": details,
-            "at": ctx.now(),
+            "at": now,
         },
     )
     return audit_id
@@ -252,7 +256,12 @@ async def require_password_change(ctx: Identity, caller: Caller, actor: Actor, *
     return changed
 
 
-async def audit_trail(ctx: Identity, actor: Actor, *, organisation_id: str | None, target_id: str | None) -> list[dict[str, Any]]:
+AUDIT_PAGE_MAX = 500
+
+
+async def audit_trail(ctx: Identity, actor: Actor, *, organisation_id: str | None, target_id: str | None,
+                      limit: int = AUDIT_PAGE_MAX, before: str | None = None) -> list[dict[str, Any]]:
+    """The newest records first, at most ``limit``; ``before`` (a record's id) pages on to older ones."""
     if organisation_id is not None:
         await _organisation(ctx, actor, organisation_id)
         query: dict[str, Any] = {"organisation_id": organisation_id}
@@ -260,13 +269,32 @@ async def audit_trail(ctx: Identity, actor: Actor, *, organisation_id: str | Non
         query = {"target_id": target_id} if target_id else {}
     else:
         raise NOT_FOUND
-    raws = await ctx.stores.audit.collection.find(query).sort("at", 1).limit(500).to_list()
+    if before is not None:
+        cursor = await ctx.stores.audit.collection.find_one(query | {"_id": before}, {"at": 1})
+        if cursor is None:
+            raise Refusal("validation_failed", "no such audit record here to page on from", 422, fields=[
+                FieldProblem(("query", "before"), "not the id of an audit record of this trail", "audit_record_unknown")])
+        # Records of the same instant are ordered by id, so a page never skips or repeats one.
+        query = {"$and": [query, {"$or": [{"at": {"$lt": cursor["at"]}}, {"at": cursor["at"], "_id": {"$lt": before}}]}]}
+    found = ctx.stores.audit.collection.find(query).sort([("at", -1), ("_id", -1)]).limit(min(limit, AUDIT_PAGE_MAX))
     keep = ("actor_id", "action", "target_type", "target_id", "organisation_id", "details", "at")
-    return [{"audit_id": r["_id"], **{k: r.get(k) for k in keep}} for r in raws]
+    return [{"audit_id": r["_id"], **{k: r.get(k) for k in keep}} for r in await found.to_list()]
 
 
-async def create_staff_account(ctx: Identity, person: Person, roles: list[str], password: str) -> str:
-    """Staff accounts are made by operators (``python -m services.identity staff-add``), active at once."""
+def operator_here() -> Actor:
+    """Whoever runs the command line, on this machine: staff accounts are made there, not over HTTP,
+    so the audit names the operator's login and host."""
+    try:
+        login = getpass.getuser()
+    except (KeyError, OSError):  # no login name in a bare container
+        login = f"uid-{os.getuid()}"
+    return Actor(f"operator:{login}@{socket.gethostname()}", "operator", ("command_line",), None)
+
+
+async def create_staff_account(ctx: Identity, person: Person, roles: list[str], password: str,
+                               actor: Actor | None = None) -> str:
+    """Staff accounts are made by operators (``python -m services.identity staff-add``), active at once,
+    and audited like every administrative act (by default, as the operator running this process)."""
     from services.identity.service_layer.registration import check_password
 
     unknown = set(roles) - set(rules.STAFF_ROLES)
@@ -274,6 +302,7 @@ async def create_staff_account(ctx: Identity, person: Person, roles: list[str], 
         raise Refusal("unknown_role", f"staff roles are {', '.join(rules.STAFF_ROLES)}", 422)
     check_password(ctx, password, person.first_name, person.last_name, person.email)
     staff_id = tokens.new_id("stf")
+    await audit(ctx, actor or operator_here(), "staff.create", "account", staff_id, roles=list(roles))
     reg = Registration(person.first_name, person.last_name, person.email, password, person.locale, "", person.mobile)
     state = new_account_state(ctx, reg, await ctx.hasher.hash(password), kind=rules.STAFF, roles=roles) | {
         "status": rules.ACTIVE,

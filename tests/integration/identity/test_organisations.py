@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import getpass
+import socket
 import uuid
 
 import pytest
 
-from services.identity.service_layer.administration import Person, create_staff_account
+from services.identity.service_layer.administration import Person, create_staff_account, operator_here
 from services.identity.service_layer.context import Caller
 from services.identity.service_layer.sessions import open_session
 from shared.events import AccountUnlocked, ActivationLinkReissued, OrganisationUserInvited, PasswordChanged
@@ -115,13 +117,24 @@ async def test_an_organisation_administrator_creates_disables_and_unblocks_colle
     assert await password_accepted(identity, admin_email)
 
     trail = (await http.get(f"/v1/organisations/{org}/audit", headers=bearer(admin_tokens))).json()
-    assert [(a["actor_id"], a["action"]) for a in trail] == [
-        (desk_id, "organisation.create"), (desk_id, "user.create"),
-        (admin["user_id"], "user.create"),
+    assert [(a["actor_id"], a["action"]) for a in trail] == [  # newest first
+        (desk_id, "account.unblock"), (admin["user_id"], "account.unblock"),
+        (admin["user_id"], "user.enable"), (admin["user_id"], "user.disable"),
         (admin["user_id"], "user.create"),  # the refused duplicate: recorded before it was tried
-        (admin["user_id"], "user.disable"), (admin["user_id"], "user.enable"),
-        (admin["user_id"], "account.unblock"), (desk_id, "account.unblock"),
+        (admin["user_id"], "user.create"),
+        (desk_id, "user.create"), (desk_id, "organisation.create"),
     ]
+    pages, before = [], None
+    while True:  # three at a time, each page going on from the last record of the one before
+        page = (await http.get(f"/v1/organisations/{org}/audit", headers=bearer(admin_tokens),
+                               params={"limit": 3} | ({"before": before} if before else {}))).json()
+        if not page:
+            break
+        pages.append(page)
+        before = page[-1]["audit_id"]
+    assert [len(p) for p in pages] == [3, 3, 2] and [a for p in pages for a in p] == trail
+    foreign = await http.get(f"/v1/organisations/{org}/audit", headers=bearer(admin_tokens), params={"before": "aud_x"})
+    assert foreign.status_code == 422 and foreign.json()["error"]["fields"][0]["loc"] == ["query", "before"]
 
 
 async def test_a_disabled_invitee_cannot_activate_with_the_link_sent_before(identity: Harness) -> None:
@@ -262,3 +275,13 @@ async def test_names_of_whitespace_alone_are_refused_field_by_field_when_invitin
     assert blank.status_code == 422, blank.text
     assert blank.json()["error"]["fields"] == [{"loc": ["body", "first_name"], "msg": "must not be blank",
                                                 "code": "value_error"}]
+
+
+async def test_a_staff_account_made_on_the_command_line_is_audited_with_the_operator_and_host(identity: Harness) -> None:
+    staff_id, desk = await staff(identity, "service_desk")
+    operator = operator_here()
+    assert operator.account_id == f"operator:{getpass.getuser()}@{socket.gethostname()}"
+    trail = (await identity.http().get("/v1/staff/audit", params={"target_id": staff_id}, headers=bearer(desk))).json()
+    assert [(a["actor_id"], a["action"], a["details"]) for a in trail] == [
+        (operator.account_id, "staff.create", {"roles": ["service_desk"]})]
+    assert trail[0]["target_type"] == "account" and trail[0]["organisation_id"] is None

@@ -175,3 +175,9 @@ def test_a_remembered_device_is_forgotten_after_180_days_without_use() -> None:
 def test_only_three_codes_are_sent_per_authorisation() -> None:
     with pytest.raises(Exception, match="at most 3"):
         codes.issue_code(NOON, 3)
+
+
+def test_audit_ids_sort_in_the_order_they_were_made_within_one_millisecond() -> None:
+    moments = [NOON + timedelta(microseconds=n) for n in (0, 1, 999, 1000, 10**9)]
+    ids = [tokens.time_ordered_id("aud", moment) for moment in moments]
+    assert sorted(ids) == ids and len(set(ids)) == len(ids)
