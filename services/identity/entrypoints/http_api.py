@@ -255,8 +255,10 @@ def build_api(app: FastAPI, ctx: Identity, settings: IdentitySettings) -> None:
 
     @v1.put("/me/password", response_model=s.Tokens, tags=["me"])
     async def change_password(body: s.ChangePasswordBody, p: Who, who: Asker) -> dict[str, Any]:
-        """Change the password (the current one is needed); every session ends and a new one is returned."""
-        return await passwords.change(ctx, who, p.account_id, body.current_password, body.new_password)
+        """Change the password (the current one is needed); every session ends and a new one is returned,
+        on this session's device (still authorised)."""
+        return await passwords.change(ctx, who, p.account_id, body.current_password, body.new_password,
+                                      session_id=p.session_id)
 
     @v1.get("/me/sessions", response_model=list[s.SessionItem], tags=["me"])
     async def my_sessions(p: Who) -> list[dict[str, Any]]:

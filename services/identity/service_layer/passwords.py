@@ -31,8 +31,11 @@ def _new_password_fields(state: dict[str, Any], password_hash: str, now: Any) ->
     }
 
 
-async def change(ctx: Identity, caller: Caller, account_id: str, current: str, new: str) -> dict[str, Any]:
-    """Knowing the current password: every session ends, a fresh one is returned for this client."""
+async def change(ctx: Identity, caller: Caller, account_id: str, current: str, new: str, *,
+                 session_id: str) -> dict[str, Any]:
+    """Knowing the current password: every session ends, a fresh one is returned for this client,
+    on the device of the session ``session_id`` it was changed from and proven as that one was (a
+    device authorised stays authorised: only the password changed)."""
     await ctx.limit(caller, "change_password", "check", account_id)
     account = await ctx.stores.accounts.get(account_id)
     assert account is not None
@@ -51,9 +54,12 @@ async def change(ctx: Identity, caller: Caller, account_id: str, current: str, n
             doc, doc.state | _new_password_fields(doc.state, new_hash, ctx.now()), [ctx.envelope(event, caller)]
         )
 
+    this_session = await ctx.stores.sessions.get(session_id)
     updated = await retrying(attempt)
     await mark_sessions_revoked(ctx, account_id, "password_changed")
-    return await open_session(ctx, caller, updated, device_id=None, amr=["pwd"])
+    device_id = this_session.state.get("device_id") if this_session else None
+    amr = list(this_session.state.get("amr") or ["pwd"]) if this_session else ["pwd"]
+    return await open_session(ctx, caller, updated, device_id=device_id, amr=amr)
 
 
 async def request_reset(ctx: Identity, caller: Caller, email: str) -> None:

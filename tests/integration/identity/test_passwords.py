@@ -16,6 +16,7 @@ from tests.integration.identity.conftest import (
     register_and_activate,
     unseal,
 )
+from tests.integration.identity.test_contracts_and_devices import authorise_by_email, linked
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +43,26 @@ async def test_changing_the_password_needs_the_current_one_and_ends_the_other_se
     assert (await login(identity, who | {"password": OTHER_STRONG})).status_code == 200
     (event,) = await identity.events(PasswordChanged, customer_id=who["customer_id"])
     assert event.reason == "changed"
+
+
+async def test_the_session_a_password_is_changed_from_stays_on_its_authorised_device(identity: Harness) -> None:
+    who, _ = await linked(identity, "Laure Chevalier")
+    http = identity.http()
+    authorised = await authorise_by_email(identity, who, http, remember=False)
+    sessions = identity.runtime.db["sessions"]
+    before = await sessions.find_one({"_id": authorised["session_id"]})
+    assert before["device_id"] and before["amr"] == ["pwd", "otp"]
+
+    changed = await http.put("/v1/me/password", headers=bearer(authorised),
+                             json={"current_password": STRONG, "new_password": OTHER_STRONG})
+    assert changed.status_code == 200, changed.text
+    after = await sessions.find_one({"_id": changed.json()["session_id"]})
+    assert (after["device_id"], after["amr"]) == (before["device_id"], ["pwd", "otp"])
+    (listed,) = (await http.get("/v1/me/sessions", headers=bearer(changed.json()))).json()
+    assert listed["device_id"] == before["device_id"] and listed["current"]
+    needs_a_proven_device = await http.post("/v1/me/client-certificates", headers=bearer(changed.json()),
+                                            json={"certificate_pem": "not a certificate"})
+    assert needs_a_proven_device.json()["error"]["code"] == "validation_failed", "the device is still authorised"
 
 
 async def test_a_forgotten_password_is_reset_once_with_the_latest_link_within_the_hour(identity: Harness) -> None:
