@@ -38,15 +38,8 @@ infra-status: ## are local Kafka and FerretDB running?
 infra-logs: ## tail the local infrastructure's logs
 	$(PYTHON) -m deploy.localinfra logs --profile run
 
-# The notifications staff API is closed without a token: `make run` makes one, kept between runs.
-STAFF_TOKEN_FILE := $(or $(LEASELINE_LOCAL_DIR),$(CURDIR)/.local)/run/staff-api-token
-
 run: install ## the whole system with its infrastructure, until Ctrl-C
-	@mkdir -p $(dir $(STAFF_TOKEN_FILE))
-	@test -s $(STAFF_TOKEN_FILE) || (umask 077 && $(PY) -c "import secrets; print(secrets.token_urlsafe(32))" > $(STAFF_TOKEN_FILE))
-	@echo "staff API token (notifications, port 8004): $(STAFF_TOKEN_FILE), unless STAFF_API_TOKEN is set"
-	@echo '  curl -H "Authorization: Bearer $$(cat $(STAFF_TOKEN_FILE))" http://127.0.0.1:8004/v1/customers/<id>/deliveries'
-	STAFF_API_TOKEN="$${STAFF_API_TOKEN:-$$(cat $(STAFF_TOKEN_FILE))}" $(PY) -m deploy.run
+	$(PY) -m deploy.run
 
 lint: install ## architecture rules: services never import each other
 	$(VENV)/bin/lint-imports

@@ -10,11 +10,12 @@ infrastructure it started, and leaves no process behind.
 from __future__ import annotations
 
 import os
+import secrets
 import selectors
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,31 +26,49 @@ SMTP_PORT = int(os.environ.get("SMTP_PORT", "1025"))
 TWILIO_SINK_PORT = int(os.environ.get("TWILIO_SINK_PORT", "8025"))
 
 
+def _kept_secret(name: str, make: Callable[[], str]) -> Path:
+    """A file of the run profile's directory holding a secret made once and kept between runs."""
+    from deploy.localinfra import Profile
+
+    local = Profile.run().dir  # <repo>/.local/run, or under $LEASELINE_LOCAL_DIR
+    path = local / name
+    if not path.exists():
+        local.mkdir(parents=True, exist_ok=True)
+        path.touch(0o600)
+        path.write_text(make())
+    return path
+
+
 def secret_keys() -> str:
     """EVENT_SECRET_KEYS for a local run: kept between runs so earlier events can still be opened."""
     if os.environ.get("EVENT_SECRET_KEYS"):
         return os.environ["EVENT_SECRET_KEYS"]
-    from deploy.localinfra import Profile
     from shared.crypto import Keyring
 
-    local = Profile.run().dir  # <repo>/.local/run, or under $LEASELINE_LOCAL_DIR
-    path = local / "event-secret-keys"
-    if not path.exists():
-        local.mkdir(parents=True, exist_ok=True)
-        path.write_text(Keyring.generate_spec("local-1"))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    return _kept_secret("event-secret-keys", lambda: Keyring.generate_spec("local-1")).read_text().strip()
+
+
+def staff_token_file() -> Path:
+    """Where the notifications staff API's token for local runs is kept (made on first use)."""
+    return _kept_secret("staff-api-token", lambda: secrets.token_urlsafe(32))
+
+
+def staff_api_token() -> str:
+    """STAFF_API_TOKEN for a local run: the caller's, else the kept one (the staff API is closed without)."""
+    return os.environ.get("STAFF_API_TOKEN") or staff_token_file().read_text().strip()
 
 
 #: The services that seal secrets into events (identity: activation and reset tokens, codes) or
 #: open them (notifications, to send them). No other process is given the key.
 SECRET_HOLDERS = frozenset({"identity", "notifications"})
+#: The one service with a staff API behind a token (notifications: who was sent what).
+STAFF_TOKEN_HOLDERS = frozenset({"notifications"})
 
 
 def base_env(environ: Mapping[str, str], bootstrap: str, mongodb_uri: str) -> dict[str, str]:
     """What every child gets (sinks, topic creation, services): the caller's environment without
     ``EVENT_SECRET_KEYS``, plus where the infrastructure and the sinks are."""
-    env = {k: v for k, v in environ.items() if k != "EVENT_SECRET_KEYS"}
+    env = {k: v for k, v in environ.items() if k not in ("EVENT_SECRET_KEYS", "STAFF_API_TOKEN")}
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=bootstrap,
         MONGODB_URI=mongodb_uri,
@@ -62,7 +81,7 @@ def base_env(environ: Mapping[str, str], bootstrap: str, mongodb_uri: str) -> di
     return env
 
 
-def service_env(name: str, base: Mapping[str, str], secret_keys: str) -> dict[str, str]:
+def service_env(name: str, base: Mapping[str, str], secret_keys: str, staff_token: str = "") -> dict[str, str]:
     env = {**base, "SERVICE_NAME": name, "HTTP_PORT": http_port(name)}
     # Each service owns its database, and may keep it on a store of its own: <SERVICE>_MONGODB_URI.
     own_store = base.get(f"{name.upper()}_MONGODB_URI")
@@ -70,6 +89,8 @@ def service_env(name: str, base: Mapping[str, str], secret_keys: str) -> dict[st
         env["MONGODB_URI"] = own_store
     if name in SECRET_HOLDERS:
         env["EVENT_SECRET_KEYS"] = secret_keys
+    if name in STAFF_TOKEN_HOLDERS and staff_token:
+        env["STAFF_API_TOKEN"] = staff_token
     return env
 
 
@@ -138,17 +159,20 @@ def main() -> int:
             bootstrap, mongodb_uri = kafka.bootstrap_servers, store.uri
 
         env = base_env(os.environ, bootstrap, mongodb_uri)
-        keys = secret_keys()
+        keys, staff_token = secret_keys(), staff_api_token()
         subprocess.run([sys.executable, "-m", "shared.messaging.topics"], cwd=ROOT, env=env, check=True)
 
         children.append(Process("smtp-sink", ["-m", "deploy.sinks", "smtp", "--port", str(SMTP_PORT)], env))
         children.append(Process("sms-sink", ["-m", "deploy.sinks", "twilio", "--port", str(TWILIO_SINK_PORT)], env))
         for name in services():
-            children.append(Process(name, ["-m", f"services.{name}"], service_env(name, env, keys)))
+            children.append(Process(name, ["-m", f"services.{name}"], service_env(name, env, keys, staff_token)))
         print(f"Leaseline is starting: Kafka {bootstrap}, store {mongodb_uri}")
         for name in services():
             print(f"  {name:<14} http://127.0.0.1:{http_port(name)}  (/docs, /healthz, /readyz, /metrics)")
         print(f"  mail sink      smtp://127.0.0.1:{SMTP_PORT}   sms sink http://127.0.0.1:{TWILIO_SINK_PORT}")
+        staff = "$STAFF_API_TOKEN" if os.environ.get("STAFF_API_TOKEN") else f"$(cat {staff_token_file()})"
+        print(f'  staff API: curl -H "Authorization: Bearer {staff}" '
+              f"http://127.0.0.1:{http_port('notifications')}/v1/customers/<id>/deliveries")
         print("  delivered messages: python -m deploy.sinks inbox      stop: Ctrl-C\n", flush=True)
         exit_code = supervise(children)
     except StopRequested:

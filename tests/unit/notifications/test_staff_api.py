@@ -3,12 +3,12 @@ nothing in its answers that reads an address or a number out."""
 
 from __future__ import annotations
 
-import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 from fastapi import FastAPI
 
@@ -120,14 +120,28 @@ async def test_addresses_and_numbers_quoted_in_provider_reasons_are_masked() -> 
         assert "jeanne.martin" not in text and "612345678" not in text, answer
 
 
-def test_compose_requires_a_staff_token_and_make_run_makes_one() -> None:
+def test_compose_requires_a_staff_token() -> None:
     root = Path(__file__).resolve().parents[3]
     compose = yaml.safe_load((root / "docker-compose.yml").read_text())
     notifications = compose["services"]["notifications"]
     assert notifications["ports"], "published: hence the token"
     assert notifications["environment"]["STAFF_API_TOKEN"].startswith("${STAFF_API_TOKEN:?"), "no silent default"
-    make_run = subprocess.run(["make", "-n", "run", "LEASELINE_LOCAL_DIR=/nonexistent/leaseline"], cwd=root,
-                              capture_output=True, text=True, check=True).stdout
-    assert "token_urlsafe(32))\" > /nonexistent/leaseline/run/staff-api-token" in make_run
-    assert 'STAFF_API_TOKEN="${STAFF_API_TOKEN:-$(cat /nonexistent/leaseline/run/staff-api-token)}"' in make_run
-    assert make_run.rstrip().endswith("-m deploy.run")
+
+
+def test_make_run_makes_a_kept_token_and_gives_it_to_notifications_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deploy.run import base_env, service_env, staff_api_token, staff_token_file
+
+    monkeypatch.setenv("LEASELINE_LOCAL_DIR", str(tmp_path))
+    monkeypatch.delenv("STAFF_API_TOKEN", raising=False)
+    token = staff_api_token()
+    assert len(token) >= 32 and staff_api_token() == token, "made once, kept between runs"
+    assert staff_token_file().stat().st_mode & 0o077 == 0, "readable by its owner only"
+    monkeypatch.setenv("STAFF_API_TOKEN", "chosen-by-the-operator")
+    assert staff_api_token() == "chosen-by-the-operator"
+    base = base_env({"STAFF_API_TOKEN": "chosen-by-the-operator"}, "127.0.0.1:9092", "mongodb://x/")
+    assert "STAFF_API_TOKEN" not in base, "not in what every child shares"
+    assert service_env("notifications", base, "", token)["STAFF_API_TOKEN"] == token
+    for name in ("identity", "contracts", "restitution", "consent"):
+        assert "STAFF_API_TOKEN" not in service_env(name, base, "", token), name
