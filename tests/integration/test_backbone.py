@@ -159,14 +159,19 @@ def wire(envelope: Envelope, **overrides: Any) -> bytes:
     return json.dumps(json.loads(envelope.to_bytes()) | overrides).encode()
 
 
-async def test_poison_messages_are_parked_with_their_reasons_while_good_ones_are_handled(
-    settings: ServiceSettings, mongo: Any, runtimes: list[ServiceRuntime]
-) -> None:
+async def tallying(settings: ServiceSettings, runtimes: list[ServiceRuntime]) -> tuple[ServiceRuntime, str]:
+    """A started runtime whose consumer tallies customer.activated events, and that topic."""
     runtime = ServiceRuntime(settings)
     wire_consumer(runtime)
     await runtime.start()
     runtimes.append(runtime)
-    topic = topic_for("customer.activated", settings.topic_namespace)
+    return runtime, topic_for("customer.activated", settings.topic_namespace)
+
+
+async def test_poison_messages_are_parked_with_their_reasons_while_good_ones_are_handled(
+    settings: ServiceSettings, mongo: Any, runtimes: list[ServiceRuntime]
+) -> None:
+    runtime, topic = await tallying(settings, runtimes)
     key = b"cus_poison"  # one key: the good events come after the poison on the same partition
     good = [activation(runtime, "cus_poison") for _ in range(2)]
     await publish_raw(
@@ -199,11 +204,7 @@ async def test_records_with_binary_or_null_header_values_are_handled_or_parked_l
 ) -> None:
     # Kafka header values are bytes, or null: another team's producer (or a tracing agent) may
     # well send either. Neither may make a batch, its good events with it, vanish unhandled.
-    runtime = ServiceRuntime(settings)
-    wire_consumer(runtime)
-    await runtime.start()
-    runtimes.append(runtime)
-    topic = topic_for("customer.activated", settings.topic_namespace)
+    runtime, topic = await tallying(settings, runtimes)
     key = b"cus_headers"
     odd = [("trace-bin", b"\xff\xfe\x00"), ("trace-null", None)]
     await publish_raw(settings, topic, [(key, wire(activation(runtime, "cus_headers"))) for _ in range(2)], odd)
@@ -220,11 +221,7 @@ async def test_records_with_binary_or_null_header_values_are_handled_or_parked_l
 async def test_a_record_too_large_to_park_with_its_reasons_is_parked_truncated_and_the_stream_goes_on(
     settings: ServiceSettings, mongo: Any, runtimes: list[ServiceRuntime]
 ) -> None:
-    runtime = ServiceRuntime(settings)
-    wire_consumer(runtime)
-    await runtime.start()
-    runtimes.append(runtime)
-    topic = topic_for("customer.activated", settings.topic_namespace)
+    runtime, topic = await tallying(settings, runtimes)
     key = b"cus_jumbo"
     near_the_limit = b"\x00" * (1024 * 1024 - 150)  # fits as it is; not with the dead-letter headers
     await publish_raw(settings, topic, [(key, near_the_limit), (key, wire(activation(runtime, "cus_jumbo")))])
