@@ -15,13 +15,22 @@ class IssuedCode:
     stored: dict
 
 
+def allow_another_code(sends_so_far: int, *, retry_after_s: int | None = None) -> None:
+    """At most 3 codes per attempt. ``retry_after_s``: the attempt ends by itself that much later
+    (else the customer starts again: signs in again, for a device)."""
+    if sends_so_far < tokens.CODE_MAX_SENDS:
+        return
+    limit = f"at most {tokens.CODE_MAX_SENDS} codes can be sent for one attempt"
+    if retry_after_s is None:
+        raise Refusal("too_many_codes", f"{limit}: start again", 429)
+    raise Refusal("too_many_codes", f"{limit}: ask again in {retry_after_s} seconds", 429,
+                  details={"retry_after_s": retry_after_s}, headers={"Retry-After": str(retry_after_s)})
+
+
 def issue_code(now: datetime, sends_so_far: int, ttl=tokens.DEVICE_CODE_TTL, *, wrong_tries_so_far: int = 0) -> IssuedCode:
     """A new code. One sent again for the same attempt takes over the wrong tries of the codes before
     it (``wrong_tries_so_far``): asking for another code must not buy five more guesses."""
-    if sends_so_far >= tokens.CODE_MAX_SENDS:
-        raise Refusal(
-            "too_many_codes", f"at most {tokens.CODE_MAX_SENDS} codes can be sent for one attempt: start again", 429
-        )
+    allow_another_code(sends_so_far)
     code = tokens.new_code()
     salt = tokens.new_salt()
     return IssuedCode(code, {"hash": tokens.hash_code(code, salt), "salt": salt, "expires_at": now + ttl,

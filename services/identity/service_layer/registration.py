@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from services.identity.adapters.ratelimiter import counter_key
 from services.identity.domain import accounts as rules
 from services.identity.domain import codes, tokens
 from services.identity.domain.errors import FieldProblem, Refusal
+from services.identity.domain.ratelimits import Limit
 from services.identity.service_layer.context import Caller, Identity, addressed, retrying
 from services.identity.service_layer.links import reissue_link
 from shared.events import (
@@ -189,22 +191,42 @@ async def resend_activation(ctx: Identity, caller: Caller, email: str) -> None:
 # --- Belgian-style start: customer number, SMS code to the mobile on file, then the details ---------
 
 
+#: One attempt at a Belgian registration: the 10 minutes from its first code, at most 3 codes.
+REGISTRATION_ATTEMPT = Limit(tokens.CODE_MAX_SENDS, tokens.REGISTRATION_CODE_TTL)
+
+
+@dataclass(frozen=True)
+class CodeAttempt:
+    sends_so_far: int
+
+
 async def request_registration_code(ctx: Identity, caller: Caller, customer_number: str, locale: str) -> None:
-    """Text a code to the mobile on file for this customer number; an unknown number is answered the same."""
+    """Text a code to the mobile on file for this customer number; an unknown number is answered the
+    same, also past the limit of codes per attempt."""
     async with ctx.answer_floor(caller).around():
         await ctx.limit(caller, "registration_code", "send", customer_number)
-        await _text_code(ctx, caller, customer_number, locale)
+        attempt = await _count_code_of_attempt(ctx, customer_number)
+        await _text_code(ctx, caller, customer_number, locale, attempt)
 
 
-async def _text_code(ctx: Identity, caller: Caller, customer_number: str, locale: str) -> None:
+async def _count_code_of_attempt(ctx: Identity, customer_number: str) -> CodeAttempt:
+    """Counted per customer number before looking it up, known or not: refusing the fourth code of
+    known numbers only would tell which numbers are known. The refusal says when to ask again."""
+    now = ctx.now()
+    key = counter_key("registration_code_attempt", "customer_number", customer_number)
+    window = await ctx.stores.limiter.hit(key, REGISTRATION_ATTEMPT, now)
+    sends_so_far = window.count - 1
+    codes.allow_another_code(sends_so_far, retry_after_s=window.retry_after(REGISTRATION_ATTEMPT, now))
+    return CodeAttempt(sends_so_far)
+
+
+async def _text_code(ctx: Identity, caller: Caller, customer_number: str, locale: str, code_attempt: CodeAttempt) -> None:
     async def attempt() -> None:
         doc = await ctx.stores.customers.get(customer_number)
         mobile = doc.state.get("mobile_on_file") if doc else None
         if doc is None or not mobile or await _has_login(ctx, doc):
             return  # nothing to text: answered the same (the login's owner signs in or resets)
-        previous = doc.state.get("registration_code") or {}
-        sends = previous.get("sends", 0) if previous.get("expires_at") and previous["expires_at"] > ctx.now() else 0
-        issued = codes.issue_code(ctx.now(), sends, tokens.REGISTRATION_CODE_TTL)
+        issued = codes.issue_code(ctx.now(), code_attempt.sends_so_far, tokens.REGISTRATION_CODE_TTL)
         event = RegistrationCodeIssued(
             customer_number=customer_number,
             mobile=mobile,
@@ -212,7 +234,7 @@ async def _text_code(ctx: Identity, caller: Caller, customer_number: str, locale
             code=ctx.seal(RegistrationCodeIssued, "code", issued.code),
             code_expires_at=issued.stored["expires_at"],
         )
-        state = doc.state | {"registration_code": issued.stored | {"sends": sends + 1}}
+        state = doc.state | {"registration_code": issued.stored}
         await ctx.stores.customers.update(doc, state, [ctx.envelope(event, caller)])
 
     await retrying(attempt)

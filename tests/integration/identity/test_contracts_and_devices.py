@@ -534,6 +534,40 @@ async def test_belgian_registration_starts_from_the_customer_number_and_a_texted
     assert len(await identity.events(RegistrationCodeIssued, customer_number=customer_number)) == texted
 
 
+async def test_a_fourth_registration_code_is_refused_alike_for_known_and_unknown_customer_numbers(
+    identity: Harness,
+) -> None:
+    known, unknown = f"BE-{uuid.uuid4().hex[:6]}", f"BE-{uuid.uuid4().hex[:6]}"
+    await identity.publish(contract_opened(known, f"{known}-L1", mobile_on_file="+32470123402"))
+    await eventually(lambda: identity.runtime.db["customer_numbers"].find_one({"_id": known}), 20,
+                     "contract.opened consumed")
+    http = identity.http("203.0.113.40")
+    saved, start = identity.clock.offset, identity.clock.now()
+
+    async def ask(number: str, after_s: float) -> tuple[int, dict, str | None]:
+        """Both numbers are asked at the same instants, so a retry delay reads the same for both."""
+        identity.clock.offset = start + timedelta(seconds=after_s) - datetime.now(UTC)
+        answer = await http.post("/v1/registrations/customer-number-codes",
+                                 json={"customer_number": number, "locale": "nl-BE"})
+        return answer.status_code, answer.json(), answer.headers.get("retry-after")
+
+    try:
+        within = [(await ask(known, s), await ask(unknown, s)) for s in (0, 1, 2, 3.5)]
+        later = (await ask(known, 600.5), await ask(unknown, 600.5))
+    finally:
+        identity.clock.offset = saved
+    for known_answer, unknown_answer in [*within, later]:
+        assert known_answer == unknown_answer, "the answer does not tell whether the number is known"
+    assert [k[0] for k, _ in within] == [202, 202, 202, 429]
+    status, refused, retry_after = within[3][0]
+    assert refused["error"]["code"] == "too_many_codes" and retry_after == "597", refused
+    assert refused["error"]["details"]["retry_after_s"] == 597 and "597 seconds" in refused["error"]["message"]
+    assert later[0][0] == 202, "ten minutes after the first code, a new attempt starts"
+    await identity.events(RegistrationCodeIssued, expected=4, customer_number=known)
+    await asyncio.sleep(1.0)
+    assert len(await identity.events(RegistrationCodeIssued, customer_number=known)) == 4, "3, then 1 after the wait"
+
+
 async def test_a_belgian_registration_with_a_taken_email_answers_the_same_and_tells_its_owner(identity: Harness) -> None:
     customer_number, texted = await belgian_customer_texted_a_code(identity, "+32470123401")
     owner = await register_and_activate(identity, "Elke Wouters")
