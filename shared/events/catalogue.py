@@ -395,6 +395,19 @@ class TermsAcceptanceRequired(AddressedEvent):
     document_url: str
 
 
+class TermsChanged(AddressedEvent):
+    """A new version of the terms applies to a customer without needing their acceptance: they get a
+    copy of its full text. Published once per customer concerned; a version that must be accepted
+    leads to ``terms.acceptance_required`` instead."""
+
+    event_type = "terms.changed"
+    subject_field = "customer_id"
+    customer_id: CustomerId
+    terms_version: str
+    document_url: str = Field(description="Absolute https address of this version's full text, in the customer's language")
+    effective_at: AwareDatetime
+
+
 class TermsAccepted(AddressedEvent):
     event_type = "terms.accepted"
     subject_field = "customer_id"
@@ -523,6 +536,7 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     InvoiceIssued,
     TermsPublished,
     TermsAcceptanceRequired,
+    TermsChanged,
     TermsAccepted,
     TermsRejected,
     ConsentGiven,

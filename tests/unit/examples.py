@@ -117,6 +117,11 @@ def example_events() -> list[c.Event]:
             customer_id="cus_jeanne", terms_version="FR-2026-09",
             document_url="https://portal.example.com/terms/FR-2026-09/fr-FR", **JEANNE,
         ),
+        c.TermsChanged(
+            customer_id="cus_jeanne", terms_version="FR-2027-01",
+            effective_at=datetime(2027, 1, 14, 23, 0, tzinfo=UTC),  # midnight in Paris
+            document_url="https://portal.example.com/terms/FR-2027-01/fr-FR", **JEANNE,
+        ),
         c.TermsAccepted(
             customer_id="cus_jeanne", terms_version="FR-2026-09", accepted_at=AT, how="registration",
             document_url="https://portal.example.com/terms/FR-2026-09/fr-FR", **JEANNE,

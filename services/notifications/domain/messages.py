@@ -136,6 +136,7 @@ MESSAGES: tuple[MessageSpec, ...] = (
     MessageSpec("invoice.issued",                     "invoice",                    EMAIL,      T, NOW,   event_field("document_url")),
     MessageSpec("secure_message.replied",             "secure_message_reply",       EMAIL,      T, NOW,   portal("/messages/{thread_id}")),
     MessageSpec("terms.acceptance_required",          "terms_acceptance_required",  EMAIL,      T, NOW,   event_field("document_url")),
+    MessageSpec("terms.changed",                      "terms_changed",              EMAIL,      T, NOW,   event_field("document_url")),
     MessageSpec("terms.accepted",                     "terms_accepted",             EMAIL,      T, NOW,   event_field("document_url")),
     MessageSpec("privacy_request.received",           "privacy_request_received",   EMAIL,      T, NOW,   portal("/privacy/requests/{request_id}")),
     MessageSpec("privacy_request.completed",          "privacy_request_completed",  EMAIL,      T, NOW,   portal("/privacy/requests/{request_id}")),

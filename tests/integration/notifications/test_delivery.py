@@ -95,6 +95,22 @@ async def test_the_same_event_arriving_after_its_email_was_sent_and_archived_sen
     assert (delivery["status"], delivery["attempts"]) == ("sent", 1)
 
 
+async def test_a_change_of_the_terms_that_needs_no_acceptance_emails_the_customer_a_copy_of_the_full_text(
+    notifications: StartNotifications, unique: str
+) -> None:
+    harness = await notifications()
+    bruno = person(unique, "bruno") | {"locale": "fr-BE"}
+    text = "https://portal.example.com/terms/BE-2027-01/fr-BE"
+    await harness.publish(c.TermsChanged(terms_version="BE-2027-01", document_url=text,
+                                         effective_at=datetime(2027, 1, 14, 23, 0, tzinfo=UTC), **bruno))
+
+    [mail] = await mail_to(harness, bruno["email"])
+    assert mail.subject == "Votre exemplaire des nouvelles conditions d'utilisation (version BE-2027-01)"
+    assert f"\n{text}\n" in mail.text() and f'href="{text}"' in mail.html()
+    [delivery] = await eventually(lambda: _sent(harness, bruno), 30, "the delivery sent")
+    assert (delivery["template"], delivery["locale"]) == ("terms_changed", "fr-BE")
+
+
 async def test_messages_sent_while_the_smtp_server_is_down_arrive_once_when_it_returns(
     notifications: StartNotifications, unique: str
 ) -> None:

@@ -188,6 +188,7 @@ EXPECTED_LINKS: dict[tuple[str, str], str | None] = {
     ("invoice.issued", "invoice"): "https://portal.example.com/invoices/inv_8",
     ("secure_message.replied", "secure_message_reply"): f"{PORTAL}/messages/thr_9",
     ("terms.acceptance_required", "terms_acceptance_required"): "https://portal.example.com/terms/FR-2026-09/fr-FR",
+    ("terms.changed", "terms_changed"): "https://portal.example.com/terms/FR-2027-01/fr-FR",
     ("terms.accepted", "terms_accepted"): "https://portal.example.com/terms/FR-2026-09/fr-FR",
     ("privacy_request.received", "privacy_request_received"): f"{PORTAL}/privacy/requests/prq_1",
     ("privacy_request.completed", "privacy_request_completed"): f"{PORTAL}/privacy/requests/prq_1",
@@ -329,6 +330,24 @@ def test_french_punctuation_never_starts_a_line(template: str, channel: str, loc
         assert not re.search(r" [:;!?»]|« ", text), re.search(r".{30} [:;!?»].{10}|« .{30}", text)
     if " : " in email.text.replace("\u00a0", " "):
         assert "\u00a0:" in email.html
+
+
+@pytest.mark.parametrize(
+    ("locale", "applies", "asks_nothing"),
+    [("fr-FR", "la version FR-2027-01 s'applique à compter du vendredi 15 janvier 2027.",
+      "Cette modification ne demande pas votre acceptation"),
+     ("nl-BE", "versie FR-2027-01 geldt vanaf vrijdag 15 januari 2027.", "Voor deze wijziging is uw aanvaarding niet nodig"),
+     ("en", "version FR-2027-01 applies from Friday 15 January 2027.", "This change does not need your acceptance")],
+    ids=["fr-FR", "nl-BE", "en"],
+)
+def test_a_change_of_the_terms_that_needs_no_acceptance_sends_their_full_text_and_asks_for_nothing(
+    locale: str, applies: str, asks_nothing: str
+) -> None:
+    changed = next(e for e in example_events() if e.event_type == "terms.changed")
+    email = render("terms_changed", "email", locale, changed)
+    assert applies in email.text.replace("\u00a0", " ") and asks_nothing in email.text.replace("\u00a0", " ")
+    assert "FR-2027-01" in email.subject
+    assert f"\n{changed.document_url}\n" in email.text and f'href="{changed.document_url}"' in email.html
 
 
 def test_the_english_wording_says_what_it_means() -> None:
