@@ -357,6 +357,32 @@ class CounterInspectionRequested(Event):
     must_take_place_by: date
 
 
+class StorageSite(BaseModel):
+    """Where a returned car is kept until it leaves the company's hands."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str
+    address: str
+    city: str
+    postcode: str
+
+
+class CounterInspectionAcknowledged(AddressedEvent):
+    """The company has recorded a customer's request for a counter-inspection: the customer is told
+    by when it must take place and where the car is kept (``counter_inspection.requested`` is the
+    same fact for other services, without an address)."""
+
+    event_type = "counter_inspection.acknowledged"
+    subject_field = "contract_number"
+    inspection_id: str
+    contract_number: str
+    customer_id: CustomerId
+    notified_at: AwareDatetime
+    must_take_place_by: date
+    storage_site: StorageSite
+
+
 class InvoiceIssued(AddressedEvent):
     event_type = "invoice.issued"
     subject_field = "contract_number"
@@ -533,6 +559,7 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     AppointmentReminderDue,
     InspectionCompleted,
     CounterInspectionRequested,
+    CounterInspectionAcknowledged,
     InvoiceIssued,
     TermsPublished,
     TermsAcceptanceRequired,

@@ -103,6 +103,13 @@ def example_events() -> list[c.Event]:
             inspection_id="ins_5", contract_number="FR-LOA-0042", customer_id="cus_jeanne", notified_at=AT,
             must_take_place_by=date(2026, 12, 4),
         ),
+        c.CounterInspectionAcknowledged(
+            inspection_id="ins_5", contract_number="FR-LOA-0042", customer_id="cus_jeanne", notified_at=AT,
+            must_take_place_by=date(2026, 12, 4),
+            storage_site=c.StorageSite(name="Parc Leaseline Lyon-Est", address="8 rue de l'Industrie", city="Saint-Priest",
+                                       postcode="69800"),
+            **JEANNE,
+        ),
         c.InvoiceIssued(
             invoice_id="inv_8", contract_number="FR-LOA-0042", customer_id="cus_jeanne", issued_on=date(2026, 11, 30),
             due_on=date(2026, 12, 30), amount_excl_vat=Decimal("239.00"), vat=Decimal("47.80"),

@@ -133,6 +133,7 @@ MESSAGES: tuple[MessageSpec, ...] = (
     MessageSpec("appointment.reminder_due",           "appointment_reminder",       SMS,        T, DEFER, None, "starts_at", fallback="email"),
     MessageSpec("appointment.cancelled",              "appointment_cancelled",      EMAIL,      T, NOW,   portal("/contracts/{contract_number}/return")),
     MessageSpec("inspection.completed",               "inspection_report",          EMAIL,      T, NOW,   event_field("report_url")),
+    MessageSpec("counter_inspection.acknowledged",    "counter_inspection",         EMAIL,      T, NOW),
     MessageSpec("invoice.issued",                     "invoice",                    EMAIL,      T, NOW,   event_field("document_url")),
     MessageSpec("secure_message.replied",             "secure_message_reply",       EMAIL,      T, NOW,   portal("/messages/{thread_id}")),
     MessageSpec("terms.acceptance_required",          "terms_acceptance_required",  EMAIL,      T, NOW,   event_field("document_url")),

@@ -185,6 +185,7 @@ EXPECTED_LINKS: dict[tuple[str, str], str | None] = {
     ("appointment.reminder_due", "appointment_reminder"): None,
     ("appointment.cancelled", "appointment_cancelled"): f"{PORTAL}/contracts/FR-LOA-0042/return",
     ("inspection.completed", "inspection_report"): "https://portal.example.com/inspections/ins_5",
+    ("counter_inspection.acknowledged", "counter_inspection"): None,
     ("invoice.issued", "invoice"): "https://portal.example.com/invoices/inv_8",
     ("secure_message.replied", "secure_message_reply"): f"{PORTAL}/messages/thr_9",
     ("terms.acceptance_required", "terms_acceptance_required"): "https://portal.example.com/terms/FR-2026-09/fr-FR",
@@ -348,6 +349,23 @@ def test_a_change_of_the_terms_that_needs_no_acceptance_sends_their_full_text_an
     assert applies in email.text.replace("\u00a0", " ") and asks_nothing in email.text.replace("\u00a0", " ")
     assert "FR-2027-01" in email.subject
     assert f"\n{changed.document_url}\n" in email.text and f'href="{changed.document_url}"' in email.html
+
+
+@pytest.mark.parametrize(
+    ("locale", "deadline"),
+    [("fr-FR", "La contre-expertise doit avoir lieu au plus tard le vendredi 4 décembre 2026, sur le lieu de stockage"),
+     ("fr-CA", "La contre-expertise doit avoir lieu au plus tard le vendredi 4 décembre 2026, sur le lieu de stockage"),
+     ("nl-NL", "De tegenexpertise moet uiterlijk op vrijdag 4 december 2026 plaatsvinden, op de plaats waar"),
+     ("en", "The counter-inspection must take place no later than Friday 4 December 2026, where your vehicle is kept")],
+)
+def test_a_counter_inspection_request_is_acknowledged_with_its_deadline_and_where_the_car_is_kept(
+    locale: str, deadline: str
+) -> None:
+    acknowledged = next(e for e in example_events() if e.event_type == "counter_inspection.acknowledged")
+    email = render("counter_inspection", "email", locale, acknowledged)
+    assert deadline in email.text.replace("\u00a0", " ")
+    assert "Parc Leaseline Lyon-Est\n8 rue de l'Industrie, 69800 Saint-Priest" in email.text
+    assert "FR-LOA-0042" in email.subject
 
 
 def test_the_english_wording_says_what_it_means() -> None:
