@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from services.identity.adapters.ratelimiter import counter_key
@@ -198,6 +199,7 @@ REGISTRATION_ATTEMPT = Limit(tokens.CODE_MAX_SENDS, tokens.REGISTRATION_CODE_TTL
 @dataclass(frozen=True)
 class CodeAttempt:
     sends_so_far: int
+    ends_at: datetime
 
 
 async def request_registration_code(ctx: Identity, caller: Caller, customer_number: str, locale: str) -> None:
@@ -217,7 +219,7 @@ async def _count_code_of_attempt(ctx: Identity, customer_number: str) -> CodeAtt
     window = await ctx.stores.limiter.hit(key, REGISTRATION_ATTEMPT, now)
     sends_so_far = window.count - 1
     codes.allow_another_code(sends_so_far, retry_after_s=window.retry_after(REGISTRATION_ATTEMPT, now))
-    return CodeAttempt(sends_so_far)
+    return CodeAttempt(sends_so_far, window.started + REGISTRATION_ATTEMPT.window)
 
 
 async def _text_code(ctx: Identity, caller: Caller, customer_number: str, locale: str, code_attempt: CodeAttempt) -> None:
@@ -226,7 +228,13 @@ async def _text_code(ctx: Identity, caller: Caller, customer_number: str, locale
         mobile = doc.state.get("mobile_on_file") if doc else None
         if doc is None or not mobile or await _has_login(ctx, doc):
             return  # nothing to text: answered the same (the login's owner signs in or resets)
-        issued = codes.issue_code(ctx.now(), code_attempt.sends_so_far, tokens.REGISTRATION_CODE_TTL)
+        # Five wrong tries end the attempt, however many codes it was sent.
+        previous = doc.state.get("registration_code") or {}
+        wrong_so_far = previous.get("tries", 0) if _attempt_runs(previous, ctx.now()) else 0
+        if wrong_so_far >= tokens.CODE_MAX_TRIES:
+            return  # a code now would be dead on arrival; the fifth wrong try said when to ask again
+        issued = codes.issue_code(ctx.now(), code_attempt.sends_so_far, tokens.REGISTRATION_CODE_TTL,
+                                  wrong_tries_so_far=wrong_so_far)
         event = RegistrationCodeIssued(
             customer_number=customer_number,
             mobile=mobile,
@@ -234,10 +242,31 @@ async def _text_code(ctx: Identity, caller: Caller, customer_number: str, locale
             code=ctx.seal(RegistrationCodeIssued, "code", issued.code),
             code_expires_at=issued.stored["expires_at"],
         )
-        state = doc.state | {"registration_code": issued.stored}
+        state = doc.state | {"registration_code": issued.stored | {"attempt_ends_at": code_attempt.ends_at}}
         await ctx.stores.customers.update(doc, state, [ctx.envelope(event, caller)])
 
     await retrying(attempt)
+
+
+def _attempt_ends_at(code: dict[str, Any]) -> datetime | None:
+    """When the attempt this code was sent in ends (a code stored before attempts were recorded:
+    when it expires)."""
+    return code.get("attempt_ends_at") or code.get("expires_at")
+
+
+def _attempt_runs(code: dict[str, Any], now: datetime) -> bool:
+    ends_at = _attempt_ends_at(code)
+    return ends_at is not None and now < ends_at
+
+
+def _when_to_ask_again(stored: dict[str, Any] | None, refusal: Refusal, now: datetime) -> Refusal:
+    """The code is dead and its attempt still runs: a code asked for now would not be sent, so say when."""
+    ends_at = _attempt_ends_at(stored) if stored is not None and refusal.code == "code_dead" else None
+    if ends_at is None or now >= ends_at:
+        return refusal
+    wait_s = int((ends_at - now).total_seconds()) + 1
+    return Refusal("code_dead", f"too many wrong attempts: ask for a new code in {wait_s} seconds", 400,
+                   details={"retry_after_s": wait_s})
 
 
 async def register_with_customer_number(ctx: Identity, caller: Caller, customer_number: str, code: str,
@@ -279,7 +308,7 @@ async def _register_with_customer_number(ctx: Identity, caller: Caller, customer
             await ctx.stores.customers.update(doc, doc.state | {"registration_code": outcome.stored} | claim)
         if not outcome.ok:
             assert outcome.refusal is not None
-            raise outcome.refusal
+            raise _when_to_ask_again(outcome.stored, outcome.refusal, ctx.now())
         assert doc is not None
         return doc
 

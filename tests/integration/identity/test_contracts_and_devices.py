@@ -568,6 +568,61 @@ async def test_a_fourth_registration_code_is_refused_alike_for_known_and_unknown
     assert len(await identity.events(RegistrationCodeIssued, customer_number=known)) == 4, "3, then 1 after the wait"
 
 
+async def test_registration_codes_sent_again_within_one_attempt_give_five_wrong_tries_in_all(identity: Harness) -> None:
+    customer_number, texted = await belgian_customer_texted_a_code(identity, "+32470123403")
+    http = identity.http("203.0.113.41")
+    ask = {"customer_number": customer_number, "locale": "nl-BE"}
+    lien = {"first_name": "Lien", "last_name": "Claes", "email": f"lien.{customer_number.lower()}@example.be",
+            "password": STRONG, "locale": "nl-BE", "terms_version": "BE-2026-01", "terms_accepted": True,
+            "customer_number": customer_number, "contract_number": f"{customer_number}-L1"}
+    answers = []
+    for sends in (1, 2, 3):  # the most one attempt may be sent
+        if sends > 1:
+            assert (await http.post("/v1/registrations/customer-number-codes", json=ask)).status_code == 202
+        latest = max(await identity.events(RegistrationCodeIssued, expected=sends, customer_number=customer_number),
+                     key=lambda e: e.code_expires_at)
+        code = unseal(identity, latest, "code")
+        for _ in range(2 if sends < 3 else 1):
+            miss = await http.post("/v1/registrations/by-customer-number",
+                                   json=lien | {"code": f"{(int(code) + 1) % 10**6:06d}"})
+            answers.append((miss.json()["error"]["code"], miss.json()["error"]["details"].get("tries_left")))
+    assert answers == [("code_wrong", 4), ("code_wrong", 3), ("code_wrong", 2), ("code_wrong", 1), ("code_dead", None)]
+    right = await http.post("/v1/registrations/by-customer-number", json=lien | {"code": code})
+    assert right.json()["error"]["code"] == "code_dead", "the fifth wrong try ended the attempt"
+    assert await identity.runtime.db["accounts"].find_one({"email": lien["email"]}) is None
+    wait_s = right.json()["error"]["details"]["retry_after_s"]
+    assert 0 < wait_s <= 600 and f"{wait_s} seconds" in right.json()["error"]["message"], "it says when to ask again"
+
+    identity.clock.advance(timedelta(seconds=wait_s))
+    try:
+        assert (await http.post("/v1/registrations/customer-number-codes", json=ask)).status_code == 202
+        fresh = max(await identity.events(RegistrationCodeIssued, expected=4, customer_number=customer_number),
+                    key=lambda e: e.code_expires_at)
+        done = await http.post("/v1/registrations/by-customer-number", json=lien | {"code": unseal(identity, fresh, "code")})
+        assert done.status_code == 202, "a new attempt starts with a new code once the dead one's is over"
+    finally:
+        identity.clock.advance(-timedelta(seconds=wait_s))
+
+
+async def test_a_registration_attempt_ended_by_wrong_codes_texts_no_code_until_it_is_over(identity: Harness) -> None:
+    customer_number, texted = await belgian_customer_texted_a_code(identity, "+32470123404")
+    http = identity.http("203.0.113.42")
+    wrong = f"{(int(unseal(identity, texted, 'code')) + 1) % 10**6:06d}"
+    bram = {"first_name": "Bram", "last_name": "Wouters", "email": f"bram.{customer_number.lower()}@example.be",
+            "password": STRONG, "locale": "nl-BE", "terms_version": "BE-2026-01", "terms_accepted": True,
+            "customer_number": customer_number, "contract_number": f"{customer_number}-L1", "code": wrong}
+    for _ in range(5):
+        await http.post("/v1/registrations/by-customer-number", json=bram)
+    again = await http.post("/v1/registrations/customer-number-codes",
+                            json={"customer_number": customer_number, "locale": "nl-BE"})
+    unknown = await http.post("/v1/registrations/customer-number-codes",
+                              json={"customer_number": f"BE-{uuid.uuid4().hex[:6]}", "locale": "nl-BE"})
+    assert again.status_code == unknown.status_code == 202 and again.json() == unknown.json()
+    await asyncio.sleep(1.0)  # the relay is quick: a code texted now would be on the topic by then
+    assert len(await identity.events(RegistrationCodeIssued, customer_number=customer_number)) == 1, \
+        "a code born dead is not texted"
+
+
 async def test_a_belgian_registration_with_a_taken_email_answers_the_same_and_tells_its_owner(identity: Harness) -> None:
     customer_number, texted = await belgian_customer_texted_a_code(identity, "+32470123401")
     owner = await register_and_activate(identity, "Elke Wouters")
