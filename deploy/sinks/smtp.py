@@ -178,6 +178,14 @@ class _Handler:
     def __init__(self, catcher: "SmtpCatcher") -> None:
         self._catcher = catcher
 
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        refusal = self._catcher._refusal_of(address)
+        if refusal is not None:
+            return refusal
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         return self._catcher._receive(envelope)
 
@@ -203,6 +211,8 @@ class SmtpCatcher:
         self.messages: list[CaughtMail] = []
         self.received = 0
         self._failures: list[tuple[int, str]] = []
+        self._refusals: dict[str, list[tuple[int, str]]] = {}  # by recipient address, lower-cased
+        self.refused: list[tuple[str, str]] = []  # (recipient, reply) of every RCPT refused
         self._server: asyncio.AbstractServer | None = None
         self._sessions: set[SMTP] = set()
 
@@ -238,6 +248,21 @@ class SmtpCatcher:
     def fail(self, code: int = 451, message: str = "Try again later", times: int = 1) -> None:
         """Answer the next ``times`` messages with this reply instead of accepting them."""
         self._failures += [(code, message)] * times
+
+    def refuse_recipient(self, address: str, code: int = 451, message: str = "4.2.1 Mailbox busy, try again later",
+                         times: int = 1) -> None:
+        """Answer RCPT TO for this one address with this reply, the next ``times`` times; other
+        recipients are accepted meanwhile (``fail`` refuses every message)."""
+        self._refusals.setdefault(address.lower(), []).extend([(code, message)] * times)
+
+    def _refusal_of(self, address: str) -> str | None:
+        pending = self._refusals.get(address.lower()) if self._refusals else None
+        if not pending:
+            return None
+        code, message = pending.pop(0)
+        reply = f"{code} {message}"
+        self.refused.append((address, reply))
+        return reply
 
     def _receive(self, envelope: Envelope) -> str:
         if self._failures:

@@ -151,6 +151,47 @@ async def test_messages_sent_while_the_smtp_server_is_down_arrive_once_when_it_r
         await back.stop()
 
 
+async def test_a_message_whose_recipient_keeps_being_refused_for_now_holds_up_no_other_message(
+    notifications: StartNotifications, unique: str
+) -> None:
+    # The clock moves only when the test says: retries fall due then, and everything else must go
+    # meanwhile, on a single delivery worker that the waiting message must not keep busy.
+    clock = FixedClock(datetime.now(UTC))
+    harness = await notifications(clock=clock, delivery_concurrency=1, delivery_backoff_initial_s=120,
+                                  delivery_backoff_max_s=600, delivery_max_attempts=8)
+    catcher = harness.sinks.mail
+    busy = person(unique, "bruno")
+    catcher.refuse_recipient(busy["email"], 451, "4.2.1 Mailbox busy, try again later", times=2)
+    await harness.publish(password_changed(busy))
+
+    waits = []
+    for attempt in (1, 2):
+        [waiting] = await eventually(lambda: _waiting_after(harness, busy, attempt), 30, f"attempt {attempt} refused")
+        assert "451" in waiting["history"][-1]["reason"] and waiting["history"][-1]["outcome"] == "transient"
+        waits.append(datetime.fromisoformat(waiting["next_attempt_at"]) - clock.now())
+        others = [person(unique, f"a{attempt}o{i}") for i in range(4)]
+        await harness.publish(*(password_changed(p) for p in others))
+        for other in others:  # delivered while the refused one waits for its retry
+            await mail_to(harness, other["email"])
+        [still] = await harness.deliveries_of(busy["customer_id"])
+        assert (still["status"], still["attempts"]) == ("retrying", attempt), "the clock has not moved"
+        clock.set(datetime.fromisoformat(waiting["next_attempt_at"]) + timedelta(seconds=1))
+        harness.service.worker.wake()
+
+    [mail] = await mail_to(harness, busy["email"])
+    [delivery] = await eventually(lambda: _sent(harness, busy), 30, "the refused message sent at last")
+    assert delivery["attempts"] == 3 and [a["outcome"] for a in delivery["history"]] == ["transient", "transient", "sent"]
+    assert timedelta(seconds=60) <= waits[0] <= timedelta(seconds=120), "2 minutes, with jitter down to half"
+    assert timedelta(seconds=120) <= waits[1] <= timedelta(seconds=240), "then twice as long"
+    assert [address for address, _ in catcher.refused] == [busy["email"]] * 2
+    assert len(catcher.messages) == 9 and len(catcher.to(busy["email"])) == 1
+
+
+async def _waiting_after(harness: Harness, who: dict[str, Any], attempts: int) -> list[dict[str, Any]] | None:
+    found = await harness.deliveries_of(who["customer_id"])
+    return found if found and found[0]["status"] == "retrying" and found[0]["attempts"] == attempts else None
+
+
 async def test_an_invalid_number_is_recorded_and_the_code_goes_by_email(notifications: StartNotifications, unique: str) -> None:
     harness = await notifications()
     harness.sinks.sms.fail(status=400, code=21211)

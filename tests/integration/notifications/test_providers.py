@@ -73,6 +73,26 @@ async def test_smtp_replies_are_sorted_into_retry_later_and_give_up(tmp_path: Pa
         await nobody.send("a@leaseline.example", "b@example.fr", MESSAGE)
 
 
+async def test_the_catcher_can_refuse_one_recipient_while_it_accepts_the_others(tmp_path: Path) -> None:
+    async with SmtpCatcher(None, port=0) as catcher:
+        pool = SmtpPool("127.0.0.1", catcher.port, size=1)
+        catcher.refuse_recipient("Busy@example.fr", 451, "4.2.1 Mailbox busy", times=2)
+        catcher.refuse_recipient("gone@example.fr", 550, "5.1.1 User unknown")
+        for _ in range(2):
+            with pytest.raises(TransientFailure, match="451 4.2.1 Mailbox busy"):
+                await pool.send("a@leaseline.example", "busy@example.fr", MESSAGE)
+            await pool.send("a@leaseline.example", "other@example.fr", MESSAGE)
+        with pytest.raises(PermanentFailure, match="550 5.1.1 User unknown"):
+            await pool.send("a@leaseline.example", "gone@example.fr", MESSAGE)
+        await pool.send("a@leaseline.example", "busy@example.fr", MESSAGE)  # its refusals are used up
+        await pool.send("a@leaseline.example", "gone@example.fr", MESSAGE)
+        await pool.close()
+    assert [m.rcpt_tos for m in catcher.messages] == [("other@example.fr",)] * 2 + [("busy@example.fr",), ("gone@example.fr",)]
+    assert catcher.refused == [("busy@example.fr", "451 4.2.1 Mailbox busy"), ("busy@example.fr", "451 4.2.1 Mailbox busy"),
+                               ("gone@example.fr", "550 5.1.1 User unknown")]
+    assert pool.connections_opened == 1, "a refused recipient does not cost the connection"
+
+
 async def test_an_smtp_server_refusing_our_credentials_is_retried_and_never_blamed_on_the_recipient(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
