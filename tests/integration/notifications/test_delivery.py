@@ -155,10 +155,12 @@ async def test_a_message_whose_recipient_keeps_being_refused_for_now_holds_up_no
     notifications: StartNotifications, unique: str
 ) -> None:
     # The clock moves only when the test says: retries fall due then, and everything else must go
-    # meanwhile, on a single delivery worker that the waiting message must not keep busy.
+    # meanwhile, on a single delivery worker that the waiting message must not keep busy. (Leases
+    # longer than the clock's jumps: a jump past a lease is a sender that stalled for that long, and
+    # what it had just sent would be claimed and sent again.)
     clock = FixedClock(datetime.now(UTC))
     harness = await notifications(clock=clock, delivery_concurrency=1, delivery_backoff_initial_s=120,
-                                  delivery_backoff_max_s=600, delivery_max_attempts=8)
+                                  delivery_backoff_max_s=600, delivery_max_attempts=8, delivery_lease_s=3600)
     catcher = harness.sinks.mail
     busy = person(unique, "bruno")
     catcher.refuse_recipient(busy["email"], 451, "4.2.1 Mailbox busy, try again later", times=2)
