@@ -34,6 +34,24 @@ def refusal_for_status(state: dict) -> Refusal | None:
     return None
 
 
+def compromise_reported(state: dict) -> bool:
+    """Someone else may know the password (the owner said so): the password alone proves nothing."""
+    return state.get("compromise_reported_at") is not None
+
+
+def refusal_after_compromise(state: dict) -> Refusal | None:
+    """After a compromise report only the emailed reset link sets a new password: a change ticket for
+    whoever knows the password would hand the account to the very person reported."""
+    if not compromise_reported(state):
+        return None
+    return Refusal(
+        "password_reset_required",
+        "you reported that someone else may know your password, so it no longer opens your account: "
+        "ask for a reset link by email (POST /v1/password-resets) and choose a new password with it",
+        403,
+    )
+
+
 def must_change_password(state: dict, change_required_before: datetime | None) -> bool:
     if state.get("must_change_password"):
         return True

@@ -310,10 +310,9 @@ def build_api(app: FastAPI, ctx: Identity, settings: IdentitySettings) -> None:
 
     @v1.post("/me/compromise-reports", response_model=s.Done, tags=["me"])
     async def report_compromise(p: Who) -> s.Done:
-        """Someone else may know my password (002, art. 2.8): end every session, forget every device,
-        and require a new password at the next sign-in."""
-        await sessions.end_all_sessions(ctx, p.account_id, "compromise_reported", extra={"must_change_password": True})
-        await devices.forget_all_devices(ctx, p.account_id)
+        """Someone else may know my password (002, art. 2.8): end every session, forget every device;
+        the password then opens nothing until a new one is set with the emailed reset link."""
+        await passwords.report_compromise(ctx, p.account_id)
         return s.Done(status="secured")
 
     @v1.post("/me/contract-links", status_code=202, response_model=s.LinkRequested, tags=["me"])

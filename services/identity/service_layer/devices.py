@@ -14,6 +14,11 @@ from shared.events import DeviceAuthorised, DeviceCodeIssued, Envelope
 from shared.storage import ConcurrencyConflict, StoredDocument
 
 
+#: A challenge started by a sign-in that must change its password first: the device proven, the
+#: answer is the change ticket instead of a session.
+PASSWORD_CHANGE = "password_change"
+
+
 async def recognise(ctx: Identity, account_id: str, device_token: str | None) -> str | None:
     """The id of the remembered device this token proves, refreshing its last use; None otherwise."""
     parts = tokens.split_compound(device_token) if device_token else None
@@ -84,6 +89,9 @@ async def _open_challenge(ctx: Identity, challenge_token: str) -> tuple[StoredDo
     account = await ctx.stores.accounts.get(challenge.state["account_id"])
     if account is None or account.state["status"] != rules.ACTIVE:
         raise invalid
+    reported = rules.refusal_after_compromise(account.state)  # reported after the challenge started
+    if reported is not None:
+        raise reported
     return challenge, account
 
 
@@ -123,7 +131,10 @@ async def send_code(ctx: Identity, caller: Caller, challenge_token: str, channel
 
 async def verify_code(ctx: Identity, caller: Caller, challenge_token: str, code: str, remember: bool,
                       label: str | None) -> dict[str, Any]:
-    from services.identity.service_layer.sessions import open_session, revoke_session
+    """Authorise the device with its code: a session on it, or, for a sign-in that must change its
+    password first, the change ticket (``password_change_required``, with the device token if it is
+    to be remembered)."""
+    from services.identity.service_layer.sessions import open_session, password_change_required, revoke_session
 
     await ctx.limit(caller, "device_verify", "check", None)
     limited: list[str] = []
@@ -153,12 +164,13 @@ async def verify_code(ctx: Identity, caller: Caller, challenge_token: str, code:
                                      token_hash=tokens.hash_secret(secret) if secret else None,
                                      channel=challenge.state.get("channel"))
     await ctx.stores.devices.create(device_id, state, [event])
+    device_token = {"device_token": tokens.compound(device_id, secret)} if secret else {}
+    if challenge.state["purpose"] == PASSWORD_CHANGE:
+        raise await password_change_required(ctx, account.id, **device_token)
     if challenge.state.get("replaces_session"):
         await revoke_session(ctx, challenge.state["replaces_session"], "device_authorised", owner=account.id)
     response = await open_session(ctx, caller, account, device_id=device_id, amr=["pwd", "otp"])
-    if secret:
-        response["device_token"] = tokens.compound(device_id, secret)
-    return response
+    return response | device_token
 
 
 def authorised_device(ctx: Identity, caller: Caller, account: StoredDocument, device_id: str, label: str, *,

@@ -8,6 +8,7 @@ from services.identity.domain import accounts as rules
 from services.identity.domain import tokens
 from services.identity.domain.errors import FieldProblem, Refusal
 from services.identity.domain.lockout import LockState
+from services.identity.service_layer import devices
 from services.identity.service_layer.context import Caller, Identity, addressed, retrying
 from services.identity.service_layer.links import reissue_link
 from services.identity.service_layer.registration import check_password
@@ -26,6 +27,7 @@ def _new_password_fields(state: dict[str, Any], password_hash: str, now: Any) ->
         "password_hash": password_hash,
         "password_changed_at": now,
         "must_change_password": False,
+        "compromise_reported_at": None,
         "change_ticket": None,
         **next_generation(state),
     }
@@ -60,6 +62,16 @@ async def change(ctx: Identity, caller: Caller, account_id: str, current: str, n
     device_id = this_session.state.get("device_id") if this_session else None
     amr = list(this_session.state.get("amr") or ["pwd"]) if this_session else ["pwd"]
     return await open_session(ctx, caller, updated, device_id=device_id, amr=amr)
+
+
+async def report_compromise(ctx: Identity, account_id: str) -> None:
+    """Someone else may know the password (002, art. 2.8): every session ends, every device is
+    forgotten, and from now on only the emailed reset link sets a new password (the password alone
+    is what the other person may have)."""
+    await end_all_sessions(ctx, account_id, "compromise_reported", extra={
+        "must_change_password": True, "compromise_reported_at": ctx.now(), "change_ticket": None,
+    })
+    await devices.forget_all_devices(ctx, account_id)
 
 
 async def request_reset(ctx: Identity, caller: Caller, email: str) -> None:
@@ -127,6 +139,9 @@ async def forced_change(ctx: Identity, caller: Caller, ticket: str, new: str) ->
     if ctx.now() >= stored["expires_at"]:
         raise Refusal("change_ticket_expired", "this ticket has expired: sign in again", 400)
     state = doc.state
+    reported = rules.refusal_after_compromise(state)  # never issued then; and a report clears tickets
+    if reported is not None:
+        raise reported
     check_password(ctx, new, state["first_name"], state["last_name"], state["email"], field="new_password")
     if await ctx.hasher.verify(state["password_hash"], new):
         raise Refusal("password_unchanged", "choose a password different from the current one", 422, fields=[

@@ -174,30 +174,31 @@ async def record_failure(ctx: Identity, caller: Caller, account_id: str) -> None
 
 async def after_password(ctx: Identity, caller: Caller, account: StoredDocument, password: str,
                          device_token: str | None) -> dict[str, Any]:
+    """What a proven password leads to: a refusal the owner can act on, a device challenge, the
+    change an administrator required, or a session.
+
+    A required change (the migration case) is handed a change ticket on the password alone only
+    where a session would be: an account that authorises its devices proves the device first."""
     lock = LockState.from_state(account.state)
-    refusal = rules.refusal_for_status(account.state)
+    refusal = rules.refusal_for_status(account.state) or rules.refusal_after_compromise(account.state)
     if refusal is not None:
         raise refusal
-    if rules.must_change_password(account.state, await change_required_before(ctx)):
-        ticket = await issue_change_ticket(ctx, caller, account.id, lock)
-        raise Refusal(
-            "password_change_required",
-            "you must choose a new password before signing in (POST /v1/password-changes/forced with this ticket)",
-            403,
-            details={"change_ticket": ticket},
-        )
+    change_required = rules.must_change_password(account.state, await change_required_before(ctx))
     account = await settle_after_success(ctx, caller, account, lock, password)
+    device_id, amr = None, ["pwd"]
     if rules.needs_device_authorisation(account.state):
         from services.identity.service_layer import devices
 
-        device_id = await devices.recognise(ctx, account.id, device_token)
-        if device_id is not None:
-            return await open_session(ctx, caller, account, device_id=device_id, amr=["pwd", "device"])
-        device_id = await devices.recognise_certificate(ctx, account.id, caller.client_certificate)
-        if device_id is not None:
-            return await open_session(ctx, caller, account, device_id=device_id, amr=["pwd", "x509"])
-        return await devices.start_challenge(ctx, caller, account, purpose="login")
-    return await open_session(ctx, caller, account, device_id=None, amr=["pwd"])
+        device_id, amr = await devices.recognise(ctx, account.id, device_token), ["pwd", "device"]
+        if device_id is None:
+            device_id = await devices.recognise_certificate(ctx, account.id, caller.client_certificate)
+            amr = ["pwd", "x509"]
+        if device_id is None:
+            return await devices.start_challenge(ctx, caller, account,
+                                                 purpose=devices.PASSWORD_CHANGE if change_required else "login")
+    if change_required:
+        raise await password_change_required(ctx, account.id)
+    return await open_session(ctx, caller, account, device_id=device_id, amr=amr)
 
 
 async def settle_after_success(ctx: Identity, caller: Caller, account: StoredDocument, lock: LockState,
@@ -219,7 +220,9 @@ async def settle_after_success(ctx: Identity, caller: Caller, account: StoredDoc
         return account  # a concurrent write: the bookkeeping can wait for the next sign-in
 
 
-async def issue_change_ticket(ctx: Identity, caller: Caller, account_id: str, lock: LockState) -> str:
+async def password_change_required(ctx: Identity, account_id: str, **details: Any) -> Refusal:
+    """The refusal that hands out a change ticket (15 minutes) for the change an administrator required."""
+
     async def attempt() -> str:
         doc = await ctx.stores.accounts.get(account_id)
         assert doc is not None
@@ -227,7 +230,13 @@ async def issue_change_ticket(ctx: Identity, caller: Caller, account_id: str, lo
         await ctx.stores.accounts.update(doc, doc.state | LockState().to_state() | {"change_ticket": issued.stored})
         return issued.token
 
-    return await retrying(attempt)
+    ticket = await retrying(attempt)
+    return Refusal(
+        "password_change_required",
+        "you must choose a new password before signing in (POST /v1/password-changes/forced with this ticket)",
+        403,
+        details={"change_ticket": ticket, **details},
+    )
 
 
 async def refresh(ctx: Identity, caller: Caller, refresh_token: str) -> dict[str, Any]:

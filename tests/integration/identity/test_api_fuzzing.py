@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from shared.crypto import Keyring
-from shared.events import CustomerRegistered
+from shared.events import CustomerRegistered, PasswordResetRequested
 from shared.events.registry import topic_for
 from tests.conftest import Infrastructure
 from tests.integration.helpers import read_topic, settings_env
@@ -61,6 +61,8 @@ class Account:
     email: str
     password: str
     token: str | None = field(default=None, repr=False)
+    #: The token of the reset link emailed next to this account (read from Kafka), for a fuzzed compromise report.
+    next_reset_link: Callable[[], str] | None = field(default=None, repr=False)
 
     def headers(self) -> dict[str, str]:
         if self.token is None:
@@ -70,6 +72,17 @@ class Account:
     def _sign_in(self) -> str:
         answer = httpx.post(f"{self.base}/v1/sessions", json={"email": self.email, "password": self.password}, timeout=30)
         body = answer.json()
+        if answer.status_code == 403 and body["error"]["code"] == "password_reset_required":
+            # A fuzzed compromise report: only the emailed link sets a new password, as a person would.
+            assert self.next_reset_link is not None, answer.text
+            new = OTHER_STRONG if self.password == STRONG else STRONG
+            reset_link = self.next_reset_link
+            assert httpx.post(f"{self.base}/v1/password-resets", json={"email": self.email}, timeout=30).status_code == 202
+            changed = httpx.post(f"{self.base}/v1/password-resets/confirm", timeout=30,
+                                 json={"token": reset_link(), "new_password": new})
+            assert changed.status_code == 200, changed.text
+            self.password = new
+            return self._sign_in()
         if answer.status_code == 403 and body["error"]["code"] == "password_change_required":
             # A fuzzed compromise report or "everyone must change": change it, as a person would.
             new = OTHER_STRONG if self.password == STRONG else STRONG
@@ -120,9 +133,27 @@ def registered_customer(infra: Infrastructure, base: str, namespace: str, keyrin
         if mine:
             token = mine[0].unseal(keyring, "activation_token")
             assert httpx.post(f"{base}/v1/activations", json={"token": token}, timeout=30).status_code == 200
-            return Account(base, email, STRONG)
+            return Account(base, email, STRONG, next_reset_link=lambda: emailed_reset_token(infra, namespace, keyring, email))
         time.sleep(0.3)
     raise AssertionError("the registration never reached Kafka")
+
+
+_spent_reset_links: set[str] = set()
+
+
+def emailed_reset_token(infra: Infrastructure, namespace: str, keyring: Keyring, email: str) -> str:
+    """The reset link emailed to ``email`` that no earlier call returned (waiting for it)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        records = asyncio.run(read_topic(infra.kafka_bootstrap, topic_for(PasswordResetRequested.event_type, namespace), 5))
+        events = [PasswordResetRequested.model_validate(json.loads(r.value)["data"]) for r in records]
+        fresh = [e for e in events if e.email == email and e.reset_token not in _spent_reset_links]
+        if fresh:
+            latest = max(fresh, key=lambda e: e.reset_expires_at)
+            _spent_reset_links.update(e.reset_token for e in fresh)
+            return latest.unseal(keyring, "reset_token")
+        time.sleep(0.3)
+    raise AssertionError("the reset link never reached Kafka")
 
 
 @pytest.fixture(scope="module")

@@ -236,6 +236,27 @@ async def test_a_security_administrator_requires_everyone_to_change_password_at_
     assert replay.json()["error"]["code"] == "change_ticket_invalid"
 
 
+async def test_an_organisation_user_required_to_change_the_password_authorises_the_device_first(
+    identity: Harness,
+) -> None:
+    _, desk = await staff(identity, "service_desk")
+    _, security = await staff(identity, "security_administrator")
+    http = identity.http()
+    admin_email = f"greet.{uuid.uuid4().hex[:6]}@dealer.nl"
+    created = await http.post("/v1/organisations", headers=bearer(desk), json={
+        "name": "Dealer Oost", "kind": "dealership",
+        "administrator": {"first_name": "Greet", "last_name": "Smit", "email": admin_email, "locale": "nl-NL"},
+    })
+    admin = await accept_invitation(identity, admin_email)
+    assert (await http.post("/v1/staff/password-change-requirements", headers=bearer(security),
+                            json={"account_ids": [admin["user_id"]]})).json()["accounts"] == 1
+    assert created.status_code == 201
+
+    asked = await login(identity, admin)
+    assert asked.status_code == 200 and asked.json()["status"] == "device_authorisation_required", asked.text
+    assert (await identity.account(admin_email))["change_ticket"] is None, "no ticket on the password alone"
+
+
 async def test_a_security_administrator_requires_chosen_accounts_only_to_change_password(identity: Harness) -> None:
     _, security = await staff(identity, "security_administrator")
     chosen = await register_and_activate(identity, "Emile Roussel")

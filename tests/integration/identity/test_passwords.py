@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from shared.events import PasswordChanged, PasswordResetRequested
+from shared.events import DeviceCodeIssued, PasswordChanged, PasswordResetRequested
 from tests.integration.identity.conftest import (
     OTHER_STRONG,
     STRONG,
@@ -17,6 +17,7 @@ from tests.integration.identity.conftest import (
     unseal,
 )
 from tests.integration.identity.test_contracts_and_devices import authorise_by_email, linked
+from tests.integration.identity.test_organisations import staff
 
 pytestmark = pytest.mark.integration
 
@@ -105,6 +106,67 @@ async def test_a_forgotten_password_is_reset_once_with_the_latest_link_within_th
     assert (await login(identity, who | {"password": OTHER_STRONG})).status_code == 200
     (changed,) = await identity.events(PasswordChanged, customer_id=who["customer_id"], reason="reset")
     assert changed.email == who["email"]
+
+
+async def test_after_a_compromise_report_the_password_alone_opens_nothing_until_the_emailed_reset(
+    identity: Harness,
+) -> None:
+    unlinked = await register_and_activate(identity, "Quentin Morel")
+    linked_customer, _ = await linked(identity, "Romane Gilbert")
+    http = identity.http()
+    for who in (unlinked, linked_customer):
+        signed_in = (await login(identity, who)).json()
+        if signed_in["status"] != "authenticated":
+            signed_in = await authorise_by_email(identity, who, http, remember=False)
+        assert (await http.post("/v1/me/compromise-reports", headers=bearer(signed_in))).status_code == 200
+
+        refused = await login(identity, who)
+        error = refused.json()["error"]
+        assert refused.status_code == 403 and error["code"] == "password_reset_required", refused.text
+        assert "POST /v1/password-resets" in error["message"], "the refusal says what to do"
+        assert "change_ticket" not in error["details"], "whoever knows the password gets no way to change it"
+        assert (await identity.account(who["email"]))["change_ticket"] is None
+
+        await http.post("/v1/password-resets", json={"email": who["email"]})
+        (link,) = await identity.events(PasswordResetRequested, customer_id=who["customer_id"])
+        done = await http.post("/v1/password-resets/confirm",
+                               json={"token": unseal(identity, link, "reset_token"), "new_password": OTHER_STRONG})
+        assert done.status_code == 200, done.text
+        after = (await login(identity, who | {"password": OTHER_STRONG})).json()
+        assert after["status"] in ("authenticated", "device_authorisation_required"), after
+    assert (await login(identity, unlinked | {"password": OTHER_STRONG})).json()["status"] == "authenticated"
+
+
+async def test_a_linked_customer_required_to_change_the_password_proves_the_device_before_getting_a_ticket(
+    identity: Harness,
+) -> None:
+    _, security = await staff(identity, "security_administrator")
+    who, _ = await linked(identity, "Sacha Lefevre")
+    http = identity.http()
+    require = {"account_ids": [who["customer_id"]]}
+    assert (await http.post("/v1/staff/password-change-requirements", headers=bearer(security), json=require)).status_code == 200
+
+    asked = (await login(identity, who)).json()
+    assert asked["status"] == "device_authorisation_required" and "change_ticket" not in str(asked), asked
+    assert (await identity.account(who["email"]))["change_ticket"] is None, "no ticket on the password alone"
+    assert (await http.post("/v1/device-challenges/code",
+                            json={"challenge": asked["challenge"], "channel": "email"})).status_code == 202
+    (issued,) = await identity.events(DeviceCodeIssued, customer_id=who["customer_id"])
+    proven = await http.post("/v1/device-challenges/verify", json={
+        "challenge": asked["challenge"], "code": unseal(identity, issued, "code"), "remember": True})
+    error = proven.json()["error"]
+    assert proven.status_code == 403 and error["code"] == "password_change_required", proven.text
+    changed = await http.post("/v1/password-changes/forced",
+                              json={"change_ticket": error["details"]["change_ticket"], "new_password": OTHER_STRONG})
+    assert changed.status_code == 200, changed.text
+    device_token = error["details"]["device_token"]
+    again = (await login(identity, who | {"password": OTHER_STRONG}, device_token=device_token)).json()
+    assert again["status"] == "authenticated", "the device proven for the change is remembered"
+
+    assert (await http.post("/v1/staff/password-change-requirements", headers=bearer(security), json=require)).status_code == 200
+    remembered = await login(identity, who | {"password": OTHER_STRONG}, device_token=device_token)
+    assert remembered.json()["error"]["code"] == "password_change_required", "a remembered device proves it too"
+    assert remembered.json()["error"]["details"]["change_ticket"]
 
 
 async def test_the_stored_password_is_an_argon2id_hash_with_the_owasp_parameters(identity: Harness) -> None:
