@@ -97,6 +97,7 @@ class TwilioSinkState:
     messages: list[SentSms] = field(default_factory=list)
     failures: list[_Failure] = field(default_factory=list)
     requests: int = 0
+    clients: set[tuple[str, int]] = field(default_factory=set)  # (address, port): one per TCP connection
 
     def store(self, sms: SentSms) -> None:
         self.messages.append(sms)
@@ -144,6 +145,8 @@ def create_app(state: TwilioSinkState) -> FastAPI:
     @app.post(API + "/Accounts/{account_sid}/Messages.json")
     async def create_message(account_sid: str, request: Request) -> JSONResponse:
         state.requests += 1
+        if request.client is not None:
+            state.clients.add((request.client.host, request.client.port))
         if not authorised(request, account_sid):
             return twilio_error(401, 20003)
         form = {k: v[0] for k, v in parse_qs((await request.body()).decode(), keep_blank_values=True).items()}
@@ -210,6 +213,12 @@ class TwilioSink:
     @property
     def messages(self) -> list[SentSms]:
         return self.state.messages
+
+    @property
+    def connections(self) -> int:
+        """How many TCP connections the Messages API was called over (a client that keeps one
+        HTTP session reuses its connections)."""
+        return len(self.state.clients)
 
     def fail(self, status: int = 400, code: int = 21211, times: int = 1, to: str | None = None,
              message: str | None = None) -> None:

@@ -554,6 +554,20 @@ async def test_a_code_by_sms_reaches_the_number_known_from_the_customers_details
     assert sms.to == "+32470555666" and "909090" in sms.body
 
 
+async def test_the_service_sends_its_sms_over_one_http_session(notifications: StartNotifications, unique: str) -> None:
+    harness = await notifications(delivery_concurrency=2)
+    numbers = [f"+3247012{i:04d}" for i in range(8)]
+    await harness.publish(*(c.RegistrationCodeIssued(
+        customer_number=f"BE-{unique}-{i}", mobile=number, locale="nl-BE",
+        code=c.RegistrationCodeIssued.seal(RING, "code", f"65432{i}"),
+        code_expires_at=datetime.now(UTC) + timedelta(minutes=10),
+    ) for i, number in enumerate(numbers)))
+
+    await eventually(lambda: len(harness.sinks.sms.messages) >= len(numbers), 30, "every code texted")
+    assert sorted(m.to for m in harness.sinks.sms.messages) == numbers
+    assert harness.sinks.sms.connections <= 2, "connections kept and reused, one per delivery worker at most"
+
+
 async def test_a_registration_code_sent_before_any_account_exists_is_found_by_the_customer_number(
     notifications: StartNotifications, unique: str
 ) -> None:

@@ -183,6 +183,19 @@ async def test_the_official_twilio_client_sends_through_the_sink(tmp_path: Path)
     assert row["sid"] == sid and row["from"] == "+15005550006"
 
 
+async def test_many_sms_travel_over_the_one_http_session_of_the_twilio_client() -> None:
+    async with TwilioSink() as sink:
+        sms = TwilioSms(account_sid=SID, auth_token="t", from_number="+15005550006", base_url=sink.base_url)
+        await sms.start()
+        for i in range(5):
+            await sms.send(f"+3361234567{i}", "Leaseline : votre code est 123456.")
+        assert sink.connections == 1, "five in a row over one keep-alive connection"
+        await asyncio.gather(*(sms.send(f"+3369876543{i}", "Leaseline : votre code est 654321.") for i in range(3)))
+        await sms.close()
+    assert len(sink.messages) == 8
+    assert sink.connections <= 3, "then at most one per request in flight"
+
+
 @pytest.mark.parametrize(
     ("status", "code", "kind"),
     [(400, 21211, PermanentFailure), (400, 21610, PermanentFailure), (429, 20429, TransientFailure),
