@@ -261,6 +261,11 @@ async def refresh(ctx: Identity, caller: Caller, refresh_token: str) -> dict[str
     account = await ctx.stores.accounts.get(state["account_id"])
     if account is None or not session_is_live(state, account.state, now):
         raise Refusal("session_ended", "this session has ended: sign in again", 401)
+    if rules.must_change_password(account.state, await change_required_before(ctx)):
+        # Carried on by refresh, a session would outlive the change it was asked for (the
+        # sign-in is where the change ticket is handed out).
+        raise Refusal("session_ended", "a new password is required: sign in again (POST /v1/sessions) to choose it",
+                      401, details={"reason": "password_change_required"})
     new_secret = tokens.new_secret()
     try:
         await ctx.stores.sessions.update(

@@ -6,6 +6,7 @@ import getpass
 import socket
 import uuid
 
+import httpx
 import pytest
 
 from services.identity.service_layer.administration import Person, create_staff_account, operator_here
@@ -212,15 +213,25 @@ async def test_nobody_reaches_into_another_organisation_or_acts_above_their_role
                             json={"everyone": True})).status_code == 403, "the service desk is not a security admin"
 
 
+def assert_refresh_refused_until_changed(refreshed: httpx.Response) -> None:
+    """A session cannot be carried on by refresh while its account must choose a new password."""
+    error = refreshed.json()["error"]
+    assert refreshed.status_code == 401 and error["code"] == "session_ended", refreshed.text
+    assert error["details"] == {"reason": "password_change_required"} and "sign in again" in error["message"]
+
+
 async def test_a_security_administrator_requires_everyone_to_change_password_at_next_sign_in(identity: Harness) -> None:
     _, security = await staff(identity, "security_administrator")
     who = await register_and_activate(identity, "Denise Petit")
     http = identity.http()
-    assert (await login(identity, who)).status_code == 200
+    before = await login(identity, who)
+    assert before.status_code == 200
 
     required = await http.post("/v1/staff/password-change-requirements", headers=bearer(security), json={"everyone": True})
     assert required.status_code == 200 and required.json()["accounts"] >= 2
 
+    assert_refresh_refused_until_changed(
+        await http.post("/v1/sessions/refresh", json={"refresh_token": before.json()["refresh_token"]}))
     refused = await login(identity, who)
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "password_change_required"
     ticket = refused.json()["error"]["details"]["change_ticket"]
@@ -262,10 +273,15 @@ async def test_a_security_administrator_requires_chosen_accounts_only_to_change_
     chosen = await register_and_activate(identity, "Emile Roussel")
     spared = await register_and_activate(identity, "Fanny Caron")
     http = identity.http()
+    sessions = {"chosen": (await login(identity, chosen)).json(), "spared": (await login(identity, spared)).json()}
 
     required = await http.post("/v1/staff/password-change-requirements", headers=bearer(security),
                                json={"account_ids": [chosen["customer_id"], chosen["customer_id"], "cus_nobody"]})
     assert required.status_code == 200 and required.json()["accounts"] == 1, "unknown and repeated ids do not count"
+    refresh = {who: await http.post("/v1/sessions/refresh", json={"refresh_token": tokens["refresh_token"]})
+               for who, tokens in sessions.items()}
+    assert_refresh_refused_until_changed(refresh["chosen"])
+    assert refresh["spared"].status_code == 200, refresh["spared"].text
 
     refused = await login(identity, chosen)
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "password_change_required"
