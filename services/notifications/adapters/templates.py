@@ -34,7 +34,7 @@ from jinja2 import StrictUndefined, pass_context, select_autoescape
 
 from services.notifications.domain.locales import format_for, french_spacing, recipient_zone, template_chain
 from services.notifications.domain.messages import UnsafeLink, checked_link
-from services.notifications.domain.sms import Segments, normalise, segment_limit, segments
+from services.notifications.domain.sms import Segments, normalise, segments
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
 EMAIL_BLOCKS = ("subject", "body", "action")
@@ -264,12 +264,12 @@ class TemplateRenderer:
             self._common_done[key] = text
         return text
 
-    def sms(self, template: str, locale: str, context: Mapping[str, Any]) -> RenderedSms:
+    def sms(self, template: str, locale: str, context: Mapping[str, Any], *, max_segments: int) -> RenderedSms:
+        """The text message, refused when it needs more than ``max_segments`` (its line's cap)."""
         text = normalise(" ".join(self._block(f"{template}.sms", "text", locale, context).split()))
         counted = segments(text)
-        limit = segment_limit(template)
-        if counted.count > limit:
-            raise SmsTooLong(template, locale, counted, limit)
+        if counted.count > max_segments:
+            raise SmsTooLong(template, locale, counted, max_segments)
         return RenderedSms(text, counted)
 
 

@@ -2,8 +2,9 @@
 
 One line per message: the event type, the template, the channel(s), whether it is transactional or
 marketing, whether an SMS may wait for the end of quiet hours, where the main link points, which
-field says when the message is no longer worth sending, and the channel to fall back on when the
-first one cannot deliver. Adding a message for a new event = its templates + one line here.
+field says when the message is no longer worth sending, the channel to fall back on when the
+first one cannot deliver, and how many segments its text message may take. Adding a message for a
+new event = its templates + one line here.
 """
 
 from __future__ import annotations
@@ -92,6 +93,12 @@ def event_field(name: str) -> FieldLink:
     return FieldLink(name)
 
 
+# Codes must arrive in one piece (a line says so: ``sms_segments=1``); any other text may take a few
+# segments, no more: past that it costs more than it is worth and reads badly, and the message goes
+# by its line's fallback channel.
+MAX_SMS_SEGMENTS = 3
+
+
 @dataclass(frozen=True)
 class MessageSpec:
     event_type: str
@@ -103,6 +110,7 @@ class MessageSpec:
     expires: str | None = None  # event field after which sending is pointless (a code, a link)
     fallback: Channel | None = None  # where to go when the channel cannot deliver
     when: Mapping[str, Any] = field(default_factory=dict)  # only for events whose fields match
+    sms_segments: int = MAX_SMS_SEGMENTS  # the most segments its text message may take
 
     def applies_to(self, data: Mapping[str, Any]) -> bool:
         return all(data.get(name) == value for name, value in self.when.items())
@@ -122,8 +130,8 @@ MESSAGES: tuple[MessageSpec, ...] = (
     MessageSpec("customer.password_changed",          "password_changed",           EMAIL,      T, NOW,   portal("/forgot-password")),
     MessageSpec("customer.account_locked",            "account_locked",             EMAIL,      T, NOW,   portal("/forgot-password")),
     MessageSpec("customer.account_unlocked",          "account_unlocked",           EMAIL,      T, NOW,   portal("/login")),
-    MessageSpec("customer.device_code_issued",        "device_code",                (CHOSEN,),  T, NOW,   None, "code_expires_at", fallback="email"),
-    MessageSpec("customer.registration_code_issued",  "registration_code",          SMS,        T, NOW,   None, "code_expires_at"),
+    MessageSpec("customer.device_code_issued",        "device_code",                (CHOSEN,),  T, NOW,   None, "code_expires_at", fallback="email", sms_segments=1),
+    MessageSpec("customer.registration_code_issued",  "registration_code",          SMS,        T, NOW,   None, "code_expires_at", sms_segments=1),
     MessageSpec("device.authorised",                  "new_device",                 EMAIL,      T, NOW,   portal("/security/devices")),
     MessageSpec("customer.access_ended",              "access_ended",               EMAIL,      T, NOW),
     MessageSpec("customer.access_restored",           "access_restored",            EMAIL,      T, NOW,   portal("/login")),
@@ -158,6 +166,8 @@ class MessageTable:
                     raise ValueError(f"{spec.template}: unknown channel {channel!r}")
             if spec.fallback is not None and spec.fallback in spec.channels:
                 raise ValueError(f"{spec.template}: falls back on a channel it already uses")
+            if spec.sms_segments < 1:
+                raise ValueError(f"{spec.template}: a text message takes at least one segment")
 
     @property
     def event_types(self) -> list[str]:

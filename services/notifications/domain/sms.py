@@ -16,11 +16,6 @@ GSM7_BASIC = frozenset(
 )
 GSM7_EXTENDED = frozenset("\f^{}\\[~]|€")
 
-# Codes must arrive in one piece; any other text may take a few segments, no more: past that it
-# costs more than it is worth and reads badly, and the message goes by its line's fallback channel.
-ONE_SEGMENT_TEMPLATES = frozenset({"device_code", "registration_code"})
-MAX_SEGMENTS = 3
-
 # Characters a template must not bring into an SMS by accident: spaces and quotes that look plain
 # but would switch the whole message to UCS-2 (and halve what fits in a segment).
 _LOOKALIKES = {"\u00a0": " ", "\u202f": " ", "\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"',
@@ -40,11 +35,6 @@ def normalise(text: str) -> str:
 
 def is_gsm7(text: str) -> bool:
     return all(ch in GSM7_BASIC or ch in GSM7_EXTENDED for ch in text)
-
-
-def segment_limit(template: str) -> int:
-    """How many segments an SMS of this template may take."""
-    return 1 if template in ONE_SEGMENT_TEMPLATES else MAX_SEGMENTS
 
 
 def segments(text: str) -> Segments:

@@ -431,7 +431,8 @@ class DeliveryWorker:
         link = spec.link.build(self._portal, data) if spec.link else None
         context = self._renderer.context(data, delivery.locale, link)
         if delivery.channel == "sms":
-            return Rendered("sms", self._renderer.sms(delivery.template, delivery.locale, context).text)
+            sms = self._renderer.sms(delivery.template, delivery.locale, context, max_segments=spec.sms_segments)
+            return Rendered("sms", sms.text)
         marketing = spec.category is Category.MARKETING
         unsubscribe = f"{self._portal}/preferences/communications?channel=email" if marketing else None
         content = self._renderer.email(delivery.template, delivery.locale, context, unsubscribe_url=unsubscribe)

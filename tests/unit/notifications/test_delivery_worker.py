@@ -19,7 +19,7 @@ from shared.clock import FixedClock
 from shared.events import Envelope, Event
 from shared.events import catalogue as c
 from shared.storage.documents import StoredDocument
-from tests.unit.examples import DEALER, RING
+from tests.unit.examples import DEALER, LONG_DEALER, RING
 
 PORTAL = "https://portal.leaseline.example"
 QUIET = QuietHours(time(21, 0), time(8, 0), "Europe/Paris")
@@ -239,3 +239,24 @@ async def test_a_marketing_sms_falling_due_at_night_waits_but_a_code_does_not() 
     assert [d.next_attempt_at for d in world.store.rescheduled] == [EIGHT_NEXT_MORNING]
     assert sent is not None and sent.status is Status.SENT
     assert [to for to, _ in world.sms.sent] == ["+33633334444"]
+
+
+# --- the segments a line allows -----------------------------------------------------------------
+
+
+async def test_the_worker_holds_a_text_to_the_segments_its_line_allows_and_sends_the_rest_by_the_fallback() -> None:
+    three = next(s for s in MESSAGES if s.template == "appointment_reminder")
+    one = replace(three, sms_segments=1)
+    at_besancon = reminder().model_copy(update={"dealer": LONG_DEALER})  # three UCS-2 segments
+    world = World(NOON_PARIS, (three,))
+    sent = await world.worker.attempt(recorded(at_besancon, three, "sms", "+33611112222", NOON_PARIS))
+    assert sent is not None and sent.status is Status.SENT and len(world.sms.sent) == 1
+
+    world = World(NOON_PARIS, (one,))
+    refused = await world.worker.attempt(recorded(at_besancon, one, "sms", "+33611112222", NOON_PARIS))
+
+    assert world.sms.sent == []
+    assert refused is not None and refused.status is Status.FAILED and refused.permanent
+    assert "3 UCS-2 segments, at most 1 allowed" in (refused.reason or "")
+    [fallback] = world.store.recorded
+    assert (fallback.channel, fallback.recipient, refused.fallback_id) == ("email", JEANNE["email"], fallback.id)

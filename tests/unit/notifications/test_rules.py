@@ -109,6 +109,17 @@ def test_the_table_names_only_catalogue_events_and_fields() -> None:
                 assert name in cls.model_fields, (spec.template, name)
 
 
+def test_every_message_carrying_a_code_must_fit_one_sms_segment() -> None:
+    with_a_code = [spec for spec in MESSAGES if "code" in event_class(spec.event_type, 1).model_fields]
+    assert {spec.template for spec in with_a_code} >= {"device_code", "registration_code"}
+    assert [spec.template for spec in with_a_code if spec.sms_segments != 1] == []
+
+
+def test_a_line_allows_at_least_one_sms_segment() -> None:
+    with pytest.raises(ValueError, match="at least one segment"):
+        MessageTable((MessageSpec("appointment.reminder_due", "appointment_reminder", ("sms",), sms_segments=0),))
+
+
 def test_the_lease_end_milestones_lead_to_two_different_letters() -> None:
     decision = planned("contract.nearing_end", example("contract.nearing_end"))[0]
     ret = planned("contract.nearing_end", example("contract.nearing_end", milestone="return_3_weeks"))[0]

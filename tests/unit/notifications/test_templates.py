@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
 from email import policy
 from email.parser import BytesParser
@@ -77,13 +78,13 @@ def renderings() -> list[tuple[str, str, str, c.Event]]:
 CASES = renderings()
 
 
-def render(template: str, channel: str, locale: str, event: c.Event) -> Any:
+def render(template: str, channel: str, locale: str, event: c.Event, *, table: MessageTable = TABLE) -> Any:
     data = opened(event, RING)
-    spec = next(s for s in TABLE.for_event(event.event_type, data) if s.template == template)
+    spec = next(s for s in table.for_event(event.event_type, data) if s.template == template)
     link = spec.link.build(PORTAL, data) if spec.link else None
     context = RENDERER.context(data, locale, link)
     if channel == "sms":
-        return RENDERER.sms(template, locale, context)
+        return RENDERER.sms(template, locale, context, max_segments=spec.sms_segments)
     return RENDERER.email(template, locale, context)
 
 
@@ -104,14 +105,24 @@ def test_a_message_renders_completely(template: str, channel: str, locale: str, 
 
 
 @pytest.mark.parametrize("locale", LOCALES)
-def test_codes_fit_in_one_sms_segment_and_other_texts_in_three(locale: str) -> None:
+def test_every_text_message_fits_the_segments_its_line_allows(locale: str) -> None:
     for template, channel, case_locale, event in CASES:
         if channel != "sms" or case_locale != locale:
             continue
         sms = render(template, channel, locale, event)
-        counted = segments(sms.text)
-        limit = 1 if template in {"device_code", "registration_code"} else 3
-        assert counted.count <= limit, (template, locale, counted, sms.text)
+        [spec] = [s for s in TABLE.for_event(event.event_type, event.model_dump()) if s.template == template]
+        assert segments(sms.text).count <= spec.sms_segments, (template, locale, segments(sms.text), sms.text)
+
+
+def test_a_text_longer_than_its_lines_cap_is_refused_as_too_long() -> None:
+    reminder = next(e for e in example_events() if e.event_type == "appointment.reminder_due")
+    long_dealer = c.AppointmentReminderDue.model_validate(reminder.model_dump() | {"dealer": LONG_DEALER.model_dump()})
+    assert render("appointment_reminder", "sms", "fr-FR", long_dealer).segments.count == 3
+    one_segment = MessageTable(tuple(replace(s, sms_segments=1) if s.template == "appointment_reminder" else s
+                                     for s in TABLE.specs))
+    with pytest.raises(SmsTooLong) as refused:
+        render("appointment_reminder", "sms", "fr-FR", long_dealer, table=one_segment)
+    assert (refused.value.segments.count, refused.value.limit) == (3, 1)
 
 
 @pytest.mark.parametrize("locale", LOCALES)
