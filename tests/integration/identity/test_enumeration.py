@@ -60,11 +60,17 @@ def test_the_statistic_sees_a_shift_and_not_noise() -> None:
     assert mann_whitney_p(base, list(reversed(base))) > 0.5
 
 
+#: Failures before a lock, in the timing harness: above every sample of a test, so that the known
+#: account's samples measure what an attacker's first guesses meet (an account counting failures,
+#: not a locked one, whose refusal takes another path).
+LOCK_AFTER = 1_000
+
+
 @pytest.fixture(scope="module")
 async def quiet(infra: Infrastructure) -> AsyncIterator[Harness]:
     harness = await start_harness(
         infra, rate_address_checks_per_5min=100_000, rate_account_checks_per_15min=100_000,
-        rate_address_sends_per_hour=100_000, rate_account_sends_per_hour=100_000,
+        rate_address_sends_per_hour=100_000, rate_account_sends_per_hour=100_000, lockout_threshold=LOCK_AFTER,
     )
     yield harness
     await stop_harness(harness)
@@ -104,6 +110,9 @@ async def test_login_with_a_wrong_password_is_indistinguishable_from_an_unknown_
         lambda: http.post("/v1/sessions", json={"email": f"x{uuid.uuid4().hex[:8]}@example.fr",
                                                 "password": "Wrong-Guess-Number-1"}),
     )
+    account = await quiet.account(who["email"])
+    assert account["lock"] is None and account["failed_logins"] == SAMPLES + 3, \
+        "every known sample met an unlocked account that counted its failure"
     assert_indistinguishable(known, unknown)
 
 
