@@ -1,14 +1,23 @@
-"""Raw bytes read back from Kafka never hold a token, a code or a password in clear.
+"""Tokens, codes and passwords never appear in clear: not in the raw bytes read back from Kafka, not in
+any document of the identity database, not in any log line.
 
 Every flow that makes identity publish runs once (registration, resend, activation, reset, change,
-lock and unlock, contract link, device codes by text and email, Belgian registration, invitation of
-an organisation user, access end); then every topic of the service's namespace is read raw.
+refresh, lock and unlock, contract link, device codes by text and email, Belgian registration, invitation
+of an organisation user, a required password change, access end), with every log record of the process
+captured as the project's JSON lines; then every topic of the service's namespace is read raw, and every
+collection of its database is read whole.
 """
 
 from __future__ import annotations
 
+import io
+import logging
+import re
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -35,6 +44,7 @@ from shared.events import (
     PasswordResetRequested,
     RegistrationCodeIssued,
 )
+from shared.logging import JsonFormatter
 from tests.integration.helpers import eventually, read_topic
 from tests.integration.identity.conftest import OTHER_STRONG, STRONG, Harness, bearer, person, unseal
 
@@ -43,16 +53,14 @@ pytestmark = pytest.mark.integration
 CHANGED = "Amber-Thistle-Gondola-58"
 BELGIAN = "Copper-Meadow-Falcon-31"
 INVITEE = "Saffron-Glacier-Tunnel-64"
+FORCED = "Marble-Lagoon-Quiver-73"
+PERSONAL = "Odile-Secret-Harbour-95"  # refused (it holds her name): a refusal must not log it either
 WRONG = "Wrong-Guess-Number-1"
 IDENTITY_EVENTS = (
     CustomerRegistered, CustomerAlreadyRegistered, ActivationLinkReissued, CustomerActivated, CustomerDetailsChanged,
     PasswordResetRequested, PasswordChanged, AccountLocked, AccountUnlocked, DeviceCodeIssued, DeviceAuthorised,
     RegistrationCodeIssued, CustomerAccessEnded, ContractLinkRequested, OrganisationUserInvited,
 )
-
-
-def secret_part(token: str) -> str:
-    return token.split(".", 1)[1]
 
 
 async def namespace_topics(identity: Harness) -> list[str]:
@@ -64,15 +72,57 @@ async def namespace_topics(identity: Harness) -> list[str]:
         await admin.close()
 
 
-async def test_no_secret_crosses_kafka_in_clear(identity: Harness) -> None:
+@dataclass(frozen=True)
+class EveryFlow:
+    tokens: list[str]  # compound tokens ("<id>.<secret>"): neither the whole nor the secret part may appear
+    codes: list[str]  # 6-digit codes
+    passwords: list[str]
+    emails: list[str]  # in clear on Kafka and in the database (not in logs: masked there): the bytes were read
+    log_lines: list[str]
+
+
+def secret_part(token: str) -> str:
+    return token.split(".", 1)[1]
+
+
+def secrets_looked_for(flow: EveryFlow) -> list[tuple[str, str]]:
+    return (
+        [(f"token {i}", t) for i, t in enumerate(flow.tokens)]
+        + [(f"secret of token {i}", secret_part(t)) for i, t in enumerate(flow.tokens)]
+        + [(f"password {i}", p) for i, p in enumerate(flow.passwords)]
+    )
+
+
+@pytest.fixture(scope="module")
+async def every_flow(identity: Harness) -> AsyncIterator[EveryFlow]:
+    """Every flow once, every log record of the process (any logger, down to DEBUG) kept as JSON lines."""
+    captured = io.StringIO()
+    handler = logging.StreamHandler(captured)
+    handler.setFormatter(JsonFormatter("identity"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        flow = await run_every_flow(identity)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    yield EveryFlow(**flow, log_lines=captured.getvalue().splitlines())
+
+
+async def run_every_flow(identity: Harness) -> dict[str, Any]:
     http = identity.http()
     ctx = identity.runtime.identity
     body = person("Odile Secret") | {"mobile": "+33611223344"}
-    tokens: list[str] = []  # compound tokens: the whole and the secret part must not appear
-    codes: list[str] = []  # 6-digit codes: must not appear as a JSON string
-    passwords = [STRONG, OTHER_STRONG, CHANGED, BELGIAN, INVITEE, WRONG]
+    tokens: list[str] = []
+    codes: list[str] = []
+    passwords = [STRONG, OTHER_STRONG, CHANGED, BELGIAN, INVITEE, FORCED, PERSONAL, WRONG]
 
-    # Registration, a second registration of the same email, a resent link, activation.
+    # Registration (refused once: her name in the password), a second registration of the same
+    # email, a resent link, activation.
+    refused = await http.post("/v1/registrations", json=body | {"password": PERSONAL})
+    assert refused.status_code == 422 and refused.json()["error"]["fields"][0]["code"] == "password_personal"
     await http.post("/v1/registrations", json=body)
     await http.post("/v1/registrations", json=body)
     (registered,) = await identity.events(CustomerRegistered, email=body["email"])
@@ -90,7 +140,9 @@ async def test_no_secret_crosses_kafka_in_clear(identity: Harness) -> None:
     tokens.append(unseal(identity, reset, "reset_token"))
     assert (await http.post("/v1/password-resets/confirm",
                             json={"token": tokens[-1], "new_password": OTHER_STRONG})).status_code == 200
-    session = (await http.post("/v1/sessions", json={"email": body["email"], "password": OTHER_STRONG})).json()
+    first = (await http.post("/v1/sessions", json={"email": body["email"], "password": OTHER_STRONG})).json()
+    tokens.append(first["refresh_token"])
+    session = (await http.post("/v1/sessions/refresh", json={"refresh_token": first["refresh_token"]})).json()
     tokens.append(session["refresh_token"])
     changed = await http.put("/v1/me/password", headers=bearer(session),
                              json={"current_password": OTHER_STRONG, "new_password": CHANGED})
@@ -182,6 +234,22 @@ async def test_no_secret_crosses_kafka_in_clear(identity: Harness) -> None:
     tokens.append(unseal(identity, invited, "activation_token"))
     assert (await http.post("/v1/activations", json={"token": tokens[-1], "password": INVITEE})).status_code == 200
 
+    # A password change a security administrator required of the service desk account (staff sign in
+    # without device authorisation: the ticket comes with the refused sign-in).
+    security_email = f"security.{uuid.uuid4().hex[:6]}@leaseline.example"
+    await create_staff_account(ctx, Person("Sue", "Security", security_email, "en"), ["security_administrator"], STRONG)
+    security = (await http.post("/v1/sessions", json={"email": security_email, "password": STRONG})).json()
+    desk_id = (await identity.account(desk_email))["_id"]
+    assert (await http.post("/v1/staff/password-change-requirements", headers=bearer(security),
+                            json={"account_ids": [desk_id]})).status_code == 200
+    required = (await http.post("/v1/sessions", json={"email": desk_email, "password": STRONG})).json()
+    tokens.append(required["error"]["details"]["change_ticket"])
+    assert (await http.post("/v1/password-changes/forced",
+                            json={"change_ticket": tokens[-1], "new_password": FORCED})).status_code == 200
+    return {"tokens": tokens, "codes": codes, "passwords": passwords, "emails": [body["email"], pieter["email"]]}
+
+
+async def test_no_secret_crosses_kafka_in_clear(identity: Harness, every_flow: EveryFlow) -> None:
     topics = await namespace_topics(identity)
     assert {identity.topic(cls.event_type) for cls in IDENTITY_EVENTS} <= set(topics), "every kind was published"
     records = [r for topic in topics for r in await read_topic(identity.infra.kafka_bootstrap, topic, timeout_s=5)]
@@ -189,12 +257,50 @@ async def test_no_secret_crosses_kafka_in_clear(identity: Harness) -> None:
         b"|".join([bytes(r.value or b""), bytes(r.key or b""), *(bytes(v or b"") for _, v in r.headers or ())])
         for r in records
     )
-    assert body["email"].encode() in raw and pieter["email"].encode() in raw, "the bytes were really read"
+    assert all(email.encode() in raw for email in every_flow.emails), "the bytes were really read"
     looked_for = (
-        [(f"token {i}", t) for i, t in enumerate(tokens)]
-        + [(f"secret of token {i}", secret_part(t)) for i, t in enumerate(tokens)]
-        + [(f"code {i} as a JSON string", f'"{c}"') for i, c in enumerate(codes)]
-        + [(f"password {i}", p) for i, p in enumerate(passwords)]
+        secrets_looked_for(every_flow)
+        + [(f"code {i} as a JSON string", f'"{c}"') for i, c in enumerate(every_flow.codes)]
         + [("an argon2 hash", "argon2")]
     )
     assert [name for name, value in looked_for if value.encode() in raw] == [], "found in clear on Kafka"
+
+
+def texts_in(value: Any) -> list[str]:
+    """Every text of a stored document, keys included, at any depth (bytes read as text)."""
+    if isinstance(value, dict):
+        return [text for k, v in value.items() for text in [str(k), *texts_in(v)]]
+    if isinstance(value, (list, tuple)):
+        return [text for item in value for text in texts_in(item)]
+    if isinstance(value, (bytes, bytearray)):
+        return [bytes(value).decode("latin-1")]
+    return [value] if isinstance(value, str) else []
+
+
+def standing_alone(code: str) -> re.Pattern[str]:
+    """A code as itself, not as six digits inside a longer run of letters and digits (a hex hash)."""
+    return re.compile(rf"(?<![0-9A-Za-z]){code}(?![0-9A-Za-z])")
+
+
+async def test_the_identity_database_keeps_only_hashes_of_tokens_codes_and_passwords(
+    identity: Harness, every_flow: EveryFlow,
+) -> None:
+    db = identity.runtime.db
+    stored = {name: await db[name].find().to_list() for name in await db.list_collection_names()}
+    assert {"accounts", "sessions", "devices", "device_challenges", "customer_numbers"} <= set(stored)
+    texts = [text for docs in stored.values() for doc in docs for text in texts_in(doc)]
+    everything = "\n".join(texts)
+    assert all(email in everything for email in every_flow.emails), "the documents were really read"
+    assert sum(doc.get("password_hash", "").startswith("$argon2id$") for doc in stored["accounts"]) >= 4
+    found = [name for name, value in secrets_looked_for(every_flow) if value in everything]
+    found += [f"code {i}" for i, c in enumerate(every_flow.codes) if standing_alone(c).search(everything)]
+    assert found == [], "found in clear in the database"
+
+
+def test_no_log_line_holds_a_password_token_or_code(every_flow: EveryFlow) -> None:
+    lines = every_flow.log_lines
+    assert len(lines) > 50 and all(line.startswith("{") for line in lines), "the JSON lines were really captured"
+    everything = "\n".join(lines)
+    found = [name for name, value in secrets_looked_for(every_flow) if value in everything]
+    found += [f"code {i}" for i, c in enumerate(every_flow.codes) if standing_alone(c).search(everything)]
+    assert found == [], "found in clear in the logs"
