@@ -211,8 +211,8 @@ class DeliveryWorker:
         now = self._clock.now()
         claimed = 0
         for delivery in await self._store.due(now, limit=room):
-            if delivery.id in self._in_flight:
-                continue
+            if delivery.id in self._in_flight or self._outcomes.holds(delivery.id):
+                continue  # being sent here, or sent and its outcome not archived yet
             leased = delivery.leased(now, self._settings.lease)
             if not await self._store.claim(delivery, leased.lease_until):  # type: ignore[arg-type]
                 continue  # another process took it

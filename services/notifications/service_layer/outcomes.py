@@ -76,11 +76,13 @@ class OutcomeLog:
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
         self._pending: list[FinalOutcome] = []
+        self._unarchived: set[str] = set()  # deliveries whose outcome is here and not in the history yet
         self._arrived = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
 
     def add(self, outcome: FinalOutcome) -> None:
         self._pending.append(outcome)
+        self._unarchived.add(outcome.delivery.id)
         self._arrived.set()
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_forever(), name="outcome-writer")
@@ -126,6 +128,12 @@ class OutcomeLog:
                 self._arrived.set()
                 raise
 
+    def holds(self, delivery_id: str) -> bool:
+        """Whether this delivery's outcome waits here for the history. Its lease may have ended
+        meanwhile (the store slow or away for longer): it is finished all the same, and must not be
+        claimed and sent again by this process."""
+        return delivery_id in self._unarchived
+
     async def flush(self) -> None:
         """Write everything pending now (shutdown, tests)."""
         if self._writer is not None:
@@ -141,6 +149,7 @@ class OutcomeLog:
         # Until the history holds them, these outcomes exist only here: keep trying. (A process
         # that dies meanwhile leaves leased deliveries, sent again once their lease ends.)
         await patiently(lambda: self._store.archive(documents), forever=True, what="archive outcomes")
+        self._unarchived.difference_update(outcome.delivery.id for outcome in batch)
         await self._announce(batch)
 
     async def _announce(self, batch: list[FinalOutcome]) -> None:

@@ -38,6 +38,8 @@ class Store:
     def __init__(self) -> None:
         self.rescheduled: list[Delivery] = []
         self.recorded: list[Delivery] = []
+        self.waiting: list[Delivery] = []  # what the active set holds, for claim_due
+        self.claimed: list[str] = []
 
     async def retry_later(self, delivery: Delivery) -> None:
         self.rescheduled.append(delivery)
@@ -47,15 +49,30 @@ class Store:
         return True
 
     async def claim(self, delivery: Delivery, lease_until: datetime) -> bool:
+        self.claimed.append(delivery.id)
         return True
+
+    async def due(self, now: datetime, limit: int) -> list[Delivery]:
+        return [d for d in self.waiting if d.claimable(now)][:limit]
+
+    async def finished(self, delivery_id: str) -> dict[str, Any] | None:
+        return None
+
+    async def ensure_key(self, delivery: Delivery) -> None:
+        pass
 
 
 class Outcomes:
     def __init__(self) -> None:
         self.finished: list[FinalOutcome] = []
+        self.unarchived: set[str] = set()
 
     def add(self, outcome: FinalOutcome) -> None:
         self.finished.append(outcome)
+        self.unarchived.add(outcome.delivery.id)
+
+    def holds(self, delivery_id: str) -> bool:
+        return delivery_id in self.unarchived
 
     async def flush(self) -> None:
         pass
@@ -260,3 +277,25 @@ async def test_the_worker_holds_a_text_to_the_segments_its_line_allows_and_sends
     assert "3 UCS-2 segments, at most 1 allowed" in (refused.reason or "")
     [fallback] = world.store.recorded
     assert (fallback.channel, fallback.recipient, refused.fallback_id) == ("email", JEANNE["email"], fallback.id)
+
+
+# --- a finished delivery whose lease ends before its outcome is archived ------------------------
+
+
+async def test_a_sent_delivery_is_not_claimed_again_while_its_outcome_waits_for_the_history() -> None:
+    # The store was away longer than a lease: the outcome is still in memory, the active document
+    # still says "leased until" a time now past. Claiming it would send the email a second time.
+    world = World(NOON_PARIS, (NEWSLETTER_BY_EMAIL,))
+    world.recipients.state("cus_jeanne", True, "email", NOON_PARIS - timedelta(days=30))
+    letter = recorded(lease_end_letter(), NEWSLETTER_BY_EMAIL, "email", JEANNE["email"], NOON_PARIS,
+                      lease_until=NOON_PARIS + timedelta(seconds=60))
+    outcome = await world.worker.attempt(letter)
+    assert outcome is not None and outcome.status is Status.SENT
+    world.store.waiting = [letter]
+    world.clock.advance(timedelta(minutes=5))  # the lease has ended
+
+    assert await world.worker.claim_due() == 0
+    assert world.store.claimed == [] and world.email.sent == [JEANNE["email"]]
+
+    world.outcomes.unarchived.clear()  # archived at last: from now on recovery may look at it
+    assert await world.worker.claim_due() == 1

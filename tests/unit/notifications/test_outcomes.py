@@ -89,3 +89,19 @@ async def test_flush_writes_what_a_failed_batch_left_pending() -> None:
     await until(lambda: store.refusals == 0)  # refused once; the writer now waits 5 to 10 s
     await outcomes.flush()
     assert store.archived == ["ntf_7"]
+
+
+async def test_an_outcome_is_held_until_the_history_has_it_whatever_the_store_refuses_meanwhile() -> None:
+    store = RefusingStore(refusals=2)
+
+    async def publish(envelopes: Any) -> None:
+        return None
+
+    outcomes = OutcomeLog(store, FixedClock(NOW), publish, source="notifications", batch_max=10, flush_s=0.01,
+                          retry_initial_s=0.05, retry_max_s=0.05)  # type: ignore[arg-type]
+    outcomes.add(sent(1))
+    await until(lambda: store.refusals == 0)
+    assert outcomes.holds("ntf_1"), "refused by the store: still only here"
+    await until(lambda: store.archived == ["ntf_1"])
+    assert not outcomes.holds("ntf_1"), "in the history: recovery would find it there"
+    await outcomes.flush()
