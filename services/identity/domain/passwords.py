@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date
 
 from zxcvbn import zxcvbn
 
@@ -11,7 +12,20 @@ from services.identity.domain.errors import FieldProblem
 
 MIN_LENGTH = 12
 MAX_LENGTH = 128  # bounds the cost of the strength estimate and of the hash
-MIN_SCORE = 3  # zxcvbn: "safely unguessable: moderate protection from offline slow-hash scenario"
+# zxcvbn: "very unguessable: strong protection from offline slow-hash scenario" (>= 10^10 guesses).
+# Score 3 (>= 10^8) is not enough: zxcvbn adds 10^4 guesses per extra piece of a pattern for not knowing
+# its shape, so any three trivial pieces reach 10^8 on that alone ("Summer" + "2024" + "!!": 1.02e8,
+# "P@ssw0rd2026!!": 1.0e8). At 10^10, at least one piece must be something an attacker has to search for.
+MIN_SCORE = 4
+#: Words everyone who attacks this service tries first: its name, what it is, the portal in our languages.
+SERVICE_WORDS = ("leaseline", "lease", "leasing", "portal", "portail", "portaal", "klantenportaal", "espaceclient",
+                 "customer", "client", "klant")
+#: zxcvbn's dictionaries are English: it knows "Summer" and "Winter", not the seasons of our other languages.
+SEASONS_FR_NL = ("printemps", "ete", "été", "automne", "hiver", "lente", "voorjaar", "zomer", "herfst", "najaar")
+#: zxcvbn 4.5 knows years only up to 2019 (its "recent year" pattern, from 2017): later ones it scores as
+#: four random digits (10^4 guesses instead of ~20), which lets "Antwerpen2026" pass. Given as its own
+#: words, they count as what they are.
+YEARS_ZXCVBN_KNOWS_UNTIL = 2019
 # zxcvbn refuses longer inputs (ValueError) because its matching grows faster than the length: on this
 # machine a random 128-character password takes ~1.5 s, the first 72 of it ~0.05 s. Longer passwords are
 # judged on their first 72 characters: what follows can only add guesses, so nothing weak gets through
@@ -37,13 +51,19 @@ class PasswordPolicy:
         for word in inputs:
             if len(word) >= 4 and word in lowered:
                 return [FieldProblem(loc, "do not use your name or email address in your password", "password_personal")]
-        result = zxcvbn(password[:STRENGTH_ESTIMATE_LENGTH], user_inputs=inputs, max_length=STRENGTH_ESTIMATE_LENGTH)
+        guessable = [*inputs, *SERVICE_WORDS, *SEASONS_FR_NL, *recent_years(date.today())]
+        result = zxcvbn(password[:STRENGTH_ESTIMATE_LENGTH], user_inputs=guessable, max_length=STRENGTH_ESTIMATE_LENGTH)
         if result["score"] < self.min_score:
             feedback = result.get("feedback") or {}
             hint = " ".join(filter(None, [feedback.get("warning"), *feedback.get("suggestions", [])]))
             message = "this password is too easy to guess" + (f": {hint}" if hint else "")
             return [FieldProblem(loc, message, "password_too_weak")]
         return []
+
+
+def recent_years(today: date) -> list[str]:
+    """The years zxcvbn does not know as years, up to next year's (people put the coming year too)."""
+    return [str(year) for year in range(YEARS_ZXCVBN_KNOWS_UNTIL + 1, today.year + 2)]
 
 
 def _personal_words(personal: Iterable[str]) -> list[str]:

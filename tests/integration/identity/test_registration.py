@@ -122,6 +122,8 @@ async def test_a_long_passphrase_is_accepted_and_signs_in(identity: Harness) -> 
         ({"terms_accepted": False}, "terms_accepted", "terms_not_accepted"),
         ({"password": "Tiny-7bq"}, "password", "password_too_short"),
         ({"password": "passwordpassword"}, "password", "password_too_weak"),
+        ({"password": "Leaseline2026!"}, "password", "password_too_weak"),  # the service's name and the year
+        ({"password": "Summer2024!!"}, "password", "password_too_weak"),
         ({"password": "Martin-Gaspard-2026!"}, "password", "password_personal"),
         ({"password": "Velvet-Harbour-Lantern-42-" * 4 + "x" * 25}, "password", "password_too_long"),  # 129
         ({"email": "not an email"}, "email", "value_error"),

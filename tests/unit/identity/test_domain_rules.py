@@ -35,6 +35,28 @@ def test_a_password_must_be_long_strong_and_impersonal() -> None:
     assert policy.problems("Jeanne-Orchard-Compass", ["jeanne.martin@example.fr"])[0].code == "password_personal"
 
 
+@pytest.mark.parametrize("password", [
+    "Leaseline2026!",  # the service's own name and the year
+    "Summer2024!!",  # a season and a year
+    "Bruxelles2026",  # a city and a year
+    "Antwerpen2026",
+    "Printemps2026",  # seasons in French and Dutch
+    "Herfst2026!!",
+    "Welkom2026!!",
+    "P@ssw0rd2026!!",
+    "Portaal-2026!",
+])
+def test_the_service_s_own_words_and_a_word_with_a_year_are_too_easy_to_guess(password: str) -> None:
+    assert PasswordPolicy().problems(password)[0].code == "password_too_weak"
+
+
+@pytest.mark.parametrize("password", [
+    "Velvet-Harbour-Lantern-42", "Zonnebloem-Tafel-8", "MonVeloBleu2026!", "k8#Rq2!vLp9z", "Leaseline-Velvet-Harbour-42",
+])
+def test_passphrases_and_random_passwords_stay_accepted(password: str) -> None:
+    assert PasswordPolicy().problems(password) == []
+
+
 PASSPHRASE_100 = (
     "the quiet heron waits by the copper canal while seven lanterns drift south past the old mill of Gent"
 )
