@@ -26,6 +26,7 @@ SEASONS_FR_NL = ("printemps", "ete", "été", "automne", "hiver", "lente", "voor
 #: four random digits (10^4 guesses instead of ~20), which lets "Antwerpen2026" pass. Given as its own
 #: words, they count as what they are.
 YEARS_ZXCVBN_KNOWS_UNTIL = 2019
+SCORE_3_HINT = "Add another word or two. Uncommon words are better."
 # zxcvbn refuses longer inputs (ValueError) because its matching grows faster than the length: on this
 # machine a random 128-character password takes ~1.5 s, the first 72 of it ~0.05 s. Longer passwords are
 # judged on their first 72 characters: what follows can only add guesses, so nothing weak gets through
@@ -55,8 +56,9 @@ class PasswordPolicy:
         result = zxcvbn(password[:STRENGTH_ESTIMATE_LENGTH], user_inputs=guessable, max_length=STRENGTH_ESTIMATE_LENGTH)
         if result["score"] < self.min_score:
             feedback = result.get("feedback") or {}
-            hint = " ".join(filter(None, [feedback.get("warning"), *feedback.get("suggestions", [])]))
-            message = "this password is too easy to guess" + (f": {hint}" if hint else "")
+            # zxcvbn gives advice only below score 3; a score-3 refusal says what to do all the same.
+            hint = " ".join(filter(None, [feedback.get("warning"), *feedback.get("suggestions", [])])) or SCORE_3_HINT
+            message = f"this password is too easy to guess: {hint}"
             return [FieldProblem(loc, message, "password_too_weak")]
         return []
 
