@@ -40,8 +40,10 @@ class PasswordPolicy:
     max_length: int = MAX_LENGTH
     min_score: int = MIN_SCORE
 
-    def problems(self, password: str, personal: Iterable[str] = (), *, field: str = "password") -> list[FieldProblem]:
-        """Every reason ``password`` is refused (empty when it is acceptable)."""
+    def problems(self, password: str, personal: Iterable[str] = (), *, field: str = "password",
+                 today: date | None = None) -> list[FieldProblem]:
+        """Every reason ``password`` is refused (empty when it is acceptable). ``today`` (the service's
+        clock) decides which years count as recent; without it, the machine's date."""
         loc = ("body", field)
         if len(password) < self.min_length:
             return [FieldProblem(loc, f"use at least {self.min_length} characters", "password_too_short")]
@@ -52,7 +54,7 @@ class PasswordPolicy:
         for word in inputs:
             if len(word) >= 4 and word in lowered:
                 return [FieldProblem(loc, "do not use your name or email address in your password", "password_personal")]
-        guessable = [*inputs, *SERVICE_WORDS, *SEASONS_FR_NL, *recent_years(date.today())]
+        guessable = [*inputs, *SERVICE_WORDS, *SEASONS_FR_NL, *recent_years(today or date.today())]
         result = zxcvbn(password[:STRENGTH_ESTIMATE_LENGTH], user_inputs=guessable, max_length=STRENGTH_ESTIMATE_LENGTH)
         if result["score"] < self.min_score:
             feedback = result.get("feedback") or {}

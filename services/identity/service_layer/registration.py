@@ -37,7 +37,7 @@ class Registration:
 
 
 def check_password(ctx: Identity, password: str, *personal: str | None, field: str = "password") -> None:
-    problems = ctx.passwords.problems(password, [p for p in personal if p], field=field)
+    problems = ctx.passwords.problems(password, [p for p in personal if p], field=field, today=ctx.now().date())
     if problems:
         raise Refusal("validation_failed", problems[0].msg, 422, fields=problems)
 
