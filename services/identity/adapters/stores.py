@@ -22,6 +22,7 @@ class Stores:
     policies: DocumentStore
     keys: DocumentStore
     registration_attempts: DocumentStore  # registrations of an email that already has an account, never updated
+    untexted_codes: DocumentStore  # Belgian registration attempts of numbers texted no code (see registration)
     limiter: RateLimiter
 
     @classmethod
@@ -37,6 +38,7 @@ class Stores:
             policies=runtime.store("policies"),
             keys=runtime.store("signing_keys"),
             registration_attempts=runtime.store("registration_attempts"),
+            untexted_codes=runtime.store("untexted_registration_codes"),
             limiter=RateLimiter(runtime.db["rate_limits"]),
         )
         runtime.indexes(INDEXES)

@@ -37,6 +37,13 @@ def issue_code(now: datetime, sends_so_far: int, ttl=tokens.DEVICE_CODE_TTL, *, 
                              "tries": wrong_tries_so_far})
 
 
+def code_nobody_has(issued: IssuedCode) -> dict:
+    """The stored form of ``issued`` with its code thrown away: the hash of another code under another
+    salt, which no guess matches. Checked like a sent code (wrong, dead, expired alike), it stands in
+    for one where nothing was sent and the answers must not say so."""
+    return {**issued.stored, "hash": tokens.hash_code(tokens.new_code(), tokens.new_salt())}
+
+
 @dataclass(frozen=True)
 class CodeCheck:
     ok: bool

@@ -227,14 +227,12 @@ async def _text_code(ctx: Identity, caller: Caller, customer_number: str, locale
         doc = await ctx.stores.customers.get(customer_number)
         mobile = doc.state.get("mobile_on_file") if doc else None
         if doc is None or not mobile or await _has_login(ctx, doc):
-            return  # nothing to text: answered the same (the login's owner signs in or resets)
-        # Five wrong tries end the attempt, however many codes it was sent.
-        previous = doc.state.get("registration_code") or {}
-        wrong_so_far = previous.get("tries", 0) if _attempt_runs(previous, ctx.now()) else 0
-        if wrong_so_far >= tokens.CODE_MAX_TRIES:
-            return  # a code now would be dead on arrival; the fifth wrong try said when to ask again
-        issued = codes.issue_code(ctx.now(), code_attempt.sends_so_far, tokens.REGISTRATION_CODE_TTL,
-                                  wrong_tries_so_far=wrong_so_far)
+            # Nothing to text (the login's owner signs in or resets), answered the same.
+            await _record_untexted_code(ctx, customer_number, code_attempt)
+            return
+        issued = _next_code(doc.state.get("registration_code"), code_attempt, ctx.now())
+        if issued is None:
+            return
         event = RegistrationCodeIssued(
             customer_number=customer_number,
             mobile=mobile,
@@ -246,6 +244,37 @@ async def _text_code(ctx: Identity, caller: Caller, customer_number: str, locale
         await ctx.stores.customers.update(doc, state, [ctx.envelope(event, caller)])
 
     await retrying(attempt)
+
+
+def _next_code(previous: dict[str, Any] | None, code_attempt: CodeAttempt, now: datetime) -> codes.IssuedCode | None:
+    """Five wrong tries end the attempt, however many codes it was sent: then None, a code now would be
+    dead on arrival (the fifth wrong try said when to ask again)."""
+    previous = previous or {}
+    wrong_so_far = previous.get("tries", 0) if _attempt_runs(previous, now) else 0
+    if wrong_so_far >= tokens.CODE_MAX_TRIES:
+        return None
+    return codes.issue_code(now, code_attempt.sends_so_far, tokens.REGISTRATION_CODE_TTL,
+                            wrong_tries_so_far=wrong_so_far)
+
+
+def _untexted_id(customer_number: str) -> str:
+    """Hashed, like the counters: the numbers anyone typed are kept in no readable form."""
+    return counter_key("untexted_registration_code", "customer_number", customer_number)
+
+
+async def _record_untexted_code(ctx: Identity, customer_number: str, code_attempt: CodeAttempt) -> None:
+    """A number texted no code (unknown, no mobile on file, or a login) still gets its attempt recorded,
+    with a code nobody has, kept apart from what contracts told us: its wrong tries then answer
+    ``code_wrong``, then ``code_dead``, as those of a texted number do, not ``code_not_requested``."""
+    untexted = await ctx.stores.untexted_codes.get(_untexted_id(customer_number))
+    issued = _next_code(untexted.state.get("registration_code") if untexted else None, code_attempt, ctx.now())
+    if issued is None:
+        return
+    state = {"registration_code": codes.code_nobody_has(issued) | {"attempt_ends_at": code_attempt.ends_at}}
+    if untexted is None:
+        await ctx.stores.untexted_codes.create(_untexted_id(customer_number), state)
+    else:
+        await ctx.stores.untexted_codes.update(untexted, state)
 
 
 def _attempt_ends_at(code: dict[str, Any]) -> datetime | None:
@@ -293,6 +322,9 @@ async def _register_with_customer_number(ctx: Identity, caller: Caller, customer
     async def check() -> StoredDocument:
         doc = await ctx.stores.customers.get(customer_number)
         stored = doc.state.get("registration_code") if doc else None
+        untexted = None if stored is not None else await ctx.stores.untexted_codes.get(_untexted_id(customer_number))
+        if untexted is not None:
+            stored = untexted.state["registration_code"]
         outcome = codes.check_code(stored, code, ctx.now())
         if outcome.ok and stored is not None and not _is_contract_of(doc, contract_number):
             outcome = codes.wrong_detail(stored, Refusal(
@@ -303,7 +335,9 @@ async def _register_with_customer_number(ctx: Identity, caller: Caller, customer
         if outcome.ok:
             assert doc is not None
             await _refuse_if_taken(ctx, doc)
-        if doc is not None and stored is not None:
+        if untexted is not None:
+            await ctx.stores.untexted_codes.update(untexted, {"registration_code": outcome.stored})
+        elif doc is not None and stored is not None:
             claim = {"account_id": account_id} if outcome.ok else {}
             await ctx.stores.customers.update(doc, doc.state | {"registration_code": outcome.stored} | claim)
         if not outcome.ok:

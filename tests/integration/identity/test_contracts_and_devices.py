@@ -568,6 +568,55 @@ async def test_a_fourth_registration_code_is_refused_alike_for_known_and_unknown
     assert len(await identity.events(RegistrationCodeIssued, customer_number=known)) == 4, "3, then 1 after the wait"
 
 
+async def test_registering_with_a_wrong_code_answers_alike_for_known_and_unknown_customer_numbers(
+    identity: Harness,
+) -> None:
+    known, unknown = f"BE-{uuid.uuid4().hex[:6]}", f"BE-{uuid.uuid4().hex[:6]}"
+    await identity.publish(contract_opened(known, f"{known}-L1", mobile_on_file="+32470123405"))
+    await eventually(lambda: identity.runtime.db["customer_numbers"].find_one({"_id": known}), 20,
+                     "contract.opened consumed")
+    http = identity.http("203.0.113.43")
+    saved, start = identity.clock.offset, identity.clock.now()
+    wrong = {"code": "000000"}
+
+    async def at(after_s: float, path: str, number: str, body: dict) -> tuple[int, dict]:
+        """Both numbers are asked at the same instants, so a retry delay reads the same for both."""
+        identity.clock.offset = start + timedelta(seconds=after_s) - datetime.now(UTC)
+        answer = await http.post(path, json={"customer_number": number} | body)
+        return answer.status_code, answer.json()
+
+    def registration(number: str) -> dict:
+        return {"first_name": "Wim", "last_name": "Maes", "email": f"wim.{number.lower()}@example.be",
+                "password": STRONG, "locale": "nl-BE", "terms_version": "BE-2026-01", "terms_accepted": True,
+                "contract_number": f"{number}-L1"}
+
+    async def step(after_s: float, path: str, **body: str) -> tuple[int, dict]:
+        answers = [await at(after_s, path, number, registration(number) | body
+                            if path.endswith("by-customer-number") else body) for number in (known, unknown)]
+        assert answers[0] == answers[1], f"the answer at {after_s} s tells the numbers apart"
+        return answers[0]
+
+    codes_path, register_path = "/v1/registrations/customer-number-codes", "/v1/registrations/by-customer-number"
+    try:
+        before = await step(0, register_path, **wrong)
+        asked = await step(1, codes_path, locale="nl-BE")
+        (texted,) = await identity.events(RegistrationCodeIssued, customer_number=known)
+        if unseal(identity, texted, "code") == wrong["code"]:
+            wrong = {"code": "000001"}
+        misses = [await step(2 + n, register_path, **wrong) for n in range(5)]
+        asked_again = await step(8, codes_path, locale="nl-BE")
+        after = await step(9, register_path, **wrong)
+    finally:
+        identity.clock.offset = saved
+    assert before[0] == 400 and before[1]["error"]["code"] == "code_not_requested", before
+    assert asked[0] == asked_again[0] == 202
+    assert [(m[0], m[1]["error"]["code"], m[1]["error"]["details"].get("tries_left")) for m in misses] == [
+        (400, "code_wrong", 4), (400, "code_wrong", 3), (400, "code_wrong", 2), (400, "code_wrong", 1),
+        (400, "code_dead", None)], misses
+    assert after[0] == 400 and after[1]["error"]["code"] == "code_dead", after
+    assert 590 < after[1]["error"]["details"]["retry_after_s"] < misses[-1][1]["error"]["details"]["retry_after_s"] <= 600
+
+
 async def test_registration_codes_sent_again_within_one_attempt_give_five_wrong_tries_in_all(identity: Harness) -> None:
     customer_number, texted = await belgian_customer_texted_a_code(identity, "+32470123403")
     http = identity.http("203.0.113.41")

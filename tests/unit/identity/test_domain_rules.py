@@ -195,6 +195,19 @@ def test_a_remembered_device_is_forgotten_after_180_days_without_use() -> None:
     assert not codes.remembered_device_usable(device, NOON + timedelta(days=180))
 
 
+def test_a_code_nobody_has_matches_not_even_the_code_it_was_issued_as_and_dies_like_any_other() -> None:
+    issued = codes.issue_code(NOON, 0)
+    stored = codes.code_nobody_has(issued)
+    assert stored.keys() == issued.stored.keys() and stored["expires_at"] == issued.stored["expires_at"]
+    answers = []
+    for _ in range(5):
+        check = codes.check_code(stored, issued.code, NOON)
+        stored = check.stored
+        answers.append((check.refusal.code, check.refusal.details.get("tries_left")))
+    assert answers == [("code_wrong", 4), ("code_wrong", 3), ("code_wrong", 2), ("code_wrong", 1), ("code_dead", None)]
+    assert codes.check_code(stored, issued.code, NOON + timedelta(minutes=10)).refusal.code == "code_dead"
+
+
 def test_only_three_codes_are_sent_per_authorisation() -> None:
     with pytest.raises(Exception, match="at most 3"):
         codes.issue_code(NOON, 3)
