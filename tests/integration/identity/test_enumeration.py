@@ -7,15 +7,19 @@ same statistic is shown to detect a 5 ms shift at this noise level, so a pass me
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import date
 
 import httpx
 import pytest
 
+from shared.events import ContractOpened
 from tests.conftest import Infrastructure
+from tests.integration.helpers import eventually
 from tests.integration.identity.conftest import (
     Harness,
     person,
@@ -147,3 +151,32 @@ async def test_asking_a_new_activation_link_for_a_pending_account_is_indistingui
         lambda: http.post("/v1/activations/resend", json={"email": f"x{uuid.uuid4().hex[:8]}@example.fr"}),
     )
     assert_indistinguishable(known, unknown)
+
+
+async def test_asking_a_registration_code_for_a_known_customer_number_is_indistinguishable_from_an_unknown_one(
+    quiet: Harness,
+) -> None:
+    """A number gets at most 3 codes per attempt (then 429 at once): every sample asks for a fresh one."""
+    known_numbers = [f"BE-{uuid.uuid4().hex[:8]}" for _ in range(SAMPLES + 3)]
+    await asyncio.gather(*(quiet.publish(ContractOpened(
+        contract_number=f"{number}-L1", customer_number=number, holder_first_name="Lotte", holder_last_name="Peeters",
+        product="lease", market="BE", currency="EUR", start_date=date(2025, 3, 1), end_date=date(2029, 2, 28),
+        vin="WBA8E9G50GNT12345", vehicle_model="BMW 320d", mobile_on_file="+32470123499",
+    )) for number in known_numbers))
+    customers = quiet.runtime.db["customer_numbers"]
+    await eventually(lambda: _all_there(customers, known_numbers), 30, "every contract.opened consumed")
+    http = quiet.http()
+    fresh_known = iter(known_numbers)
+    known, unknown = await compare(
+        lambda: http.post("/v1/registrations/customer-number-codes",
+                          json={"customer_number": next(fresh_known), "locale": "nl-BE"}),
+        lambda: http.post("/v1/registrations/customer-number-codes",
+                          json={"customer_number": f"BE-{uuid.uuid4().hex[:8]}", "locale": "nl-BE"}),
+    )
+    assert await customers.count_documents({"_id": {"$in": known_numbers}, "registration_code": {"$ne": None}}) \
+        == len(known_numbers), "every known sample texted a code"
+    assert_indistinguishable(known, unknown)
+
+
+async def _all_there(customers, numbers: list[str]) -> bool:
+    return await customers.count_documents({"_id": {"$in": numbers}}) == len(numbers)
