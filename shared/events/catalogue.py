@@ -368,18 +368,12 @@ class StorageSite(BaseModel):
     postcode: str
 
 
-class CounterInspectionAcknowledged(AddressedEvent):
+class CounterInspectionAcknowledged(AddressedEvent, CounterInspectionRequested):
     """The company has recorded a customer's request for a counter-inspection: the customer is told
     by when it must take place and where the car is kept (``counter_inspection.requested`` is the
     same fact for other services, without an address)."""
 
     event_type = "counter_inspection.acknowledged"
-    subject_field = "contract_number"
-    inspection_id: str
-    contract_number: str
-    customer_id: CustomerId
-    notified_at: AwareDatetime
-    must_take_place_by: date
     storage_site: StorageSite
 
 
