@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -534,28 +536,46 @@ async def test_belgian_registration_starts_from_the_customer_number_and_a_texted
     assert len(await identity.events(RegistrationCodeIssued, customer_number=customer_number)) == texted
 
 
+async def known_and_unknown_numbers(identity: Harness, mobile_on_file: str) -> tuple[str, str]:
+    """A customer number identity learnt from contract.opened (with a mobile on file), and one it never heard of."""
+    known, unknown = f"BE-{uuid.uuid4().hex[:6]}", f"BE-{uuid.uuid4().hex[:6]}"
+    await identity.publish(contract_opened(known, f"{known}-L1", mobile_on_file=mobile_on_file))
+    await eventually(lambda: identity.runtime.db["customer_numbers"].find_one({"_id": known}), 20,
+                     "contract.opened consumed")
+    return known, unknown
+
+
+@contextlib.contextmanager
+def pinned_clock(identity: Harness) -> Iterator[Callable[[float], None]]:
+    """``set_clock(s)`` puts identity's clock ``s`` seconds after the moment the block began, so that
+    both numbers are asked at the same instants and a retry delay reads the same for both; the clock
+    is given back afterwards."""
+    saved, start = identity.clock.offset, identity.clock.now()
+
+    def set_clock(after_s: float) -> None:
+        identity.clock.offset = start + timedelta(seconds=after_s) - datetime.now(UTC)
+
+    try:
+        yield set_clock
+    finally:
+        identity.clock.offset = saved
+
+
 async def test_a_fourth_registration_code_is_refused_alike_for_known_and_unknown_customer_numbers(
     identity: Harness,
 ) -> None:
-    known, unknown = f"BE-{uuid.uuid4().hex[:6]}", f"BE-{uuid.uuid4().hex[:6]}"
-    await identity.publish(contract_opened(known, f"{known}-L1", mobile_on_file="+32470123402"))
-    await eventually(lambda: identity.runtime.db["customer_numbers"].find_one({"_id": known}), 20,
-                     "contract.opened consumed")
+    known, unknown = await known_and_unknown_numbers(identity, "+32470123402")
     http = identity.http("203.0.113.40")
-    saved, start = identity.clock.offset, identity.clock.now()
 
-    async def ask(number: str, after_s: float) -> tuple[int, dict, str | None]:
-        """Both numbers are asked at the same instants, so a retry delay reads the same for both."""
-        identity.clock.offset = start + timedelta(seconds=after_s) - datetime.now(UTC)
-        answer = await http.post("/v1/registrations/customer-number-codes",
-                                 json={"customer_number": number, "locale": "nl-BE"})
-        return answer.status_code, answer.json(), answer.headers.get("retry-after")
+    with pinned_clock(identity) as set_clock:
+        async def ask(number: str, after_s: float) -> tuple[int, dict, str | None]:
+            set_clock(after_s)
+            answer = await http.post("/v1/registrations/customer-number-codes",
+                                     json={"customer_number": number, "locale": "nl-BE"})
+            return answer.status_code, answer.json(), answer.headers.get("retry-after")
 
-    try:
         within = [(await ask(known, s), await ask(unknown, s)) for s in (0, 1, 2, 3.5)]
         later = (await ask(known, 600.5), await ask(unknown, 600.5))
-    finally:
-        identity.clock.offset = saved
     for known_answer, unknown_answer in [*within, later]:
         assert known_answer == unknown_answer, "the answer does not tell whether the number is known"
     assert [k[0] for k, _ in within] == [202, 202, 202, 429]
@@ -571,43 +591,38 @@ async def test_a_fourth_registration_code_is_refused_alike_for_known_and_unknown
 async def test_registering_with_a_wrong_code_answers_alike_for_known_and_unknown_customer_numbers(
     identity: Harness,
 ) -> None:
-    known, unknown = f"BE-{uuid.uuid4().hex[:6]}", f"BE-{uuid.uuid4().hex[:6]}"
-    await identity.publish(contract_opened(known, f"{known}-L1", mobile_on_file="+32470123405"))
-    await eventually(lambda: identity.runtime.db["customer_numbers"].find_one({"_id": known}), 20,
-                     "contract.opened consumed")
+    known, unknown = await known_and_unknown_numbers(identity, "+32470123405")
     http = identity.http("203.0.113.43")
-    saved, start = identity.clock.offset, identity.clock.now()
     wrong = {"code": "000000"}
-
-    async def at(after_s: float, path: str, number: str, body: dict) -> tuple[int, dict]:
-        """Both numbers are asked at the same instants, so a retry delay reads the same for both."""
-        identity.clock.offset = start + timedelta(seconds=after_s) - datetime.now(UTC)
-        answer = await http.post(path, json={"customer_number": number} | body)
-        return answer.status_code, answer.json()
 
     def registration(number: str) -> dict:
         return {"first_name": "Wim", "last_name": "Maes", "email": f"wim.{number.lower()}@example.be",
                 "password": STRONG, "locale": "nl-BE", "terms_version": "BE-2026-01", "terms_accepted": True,
                 "contract_number": f"{number}-L1"}
 
-    async def step(after_s: float, path: str, **body: str) -> tuple[int, dict]:
-        answers = [await at(after_s, path, number, registration(number) | body
-                            if path.endswith("by-customer-number") else body) for number in (known, unknown)]
-        assert answers[0] == answers[1], f"the answer at {after_s} s tells the numbers apart"
-        return answers[0]
-
     codes_path, register_path = "/v1/registrations/customer-number-codes", "/v1/registrations/by-customer-number"
-    try:
+    with pinned_clock(identity) as set_clock:
+        async def step(after_s: float, path: str, **body: str) -> tuple[int, dict]:
+            answers = []
+            for number in (known, unknown):
+                set_clock(after_s)
+                sent = registration(number) | body if path == register_path else body
+                answer = await http.post(path, json={"customer_number": number} | sent)
+                answers.append((answer.status_code, answer.json()))
+            assert answers[0] == answers[1], f"the answer at {after_s} s tells the numbers apart"
+            return answers[0]
+
         before = await step(0, register_path, **wrong)
         asked = await step(1, codes_path, locale="nl-BE")
         (texted,) = await identity.events(RegistrationCodeIssued, customer_number=known)
         if unseal(identity, texted, "code") == wrong["code"]:
             wrong = {"code": "000001"}
-        misses = [await step(2 + n, register_path, **wrong) for n in range(5)]
+        # Half a second past the code's own instant: the waits told, whole seconds rounded up, then
+        # land in the middle of a second, and the milliseconds each request takes cannot tip one
+        # number's wait over into the next second and not the other's.
+        misses = [await step(2.5 + n, register_path, **wrong) for n in range(5)]
         asked_again = await step(8, codes_path, locale="nl-BE")
-        after = await step(9, register_path, **wrong)
-    finally:
-        identity.clock.offset = saved
+        after = await step(9.5, register_path, **wrong)
     assert before[0] == 400 and before[1]["error"]["code"] == "code_not_requested", before
     assert asked[0] == asked_again[0] == 202
     assert [(m[0], m[1]["error"]["code"], m[1]["error"]["details"].get("tries_left")) for m in misses] == [
