@@ -1,16 +1,13 @@
 """``python -m services.notifications``: read the settings, wire the service, serve until stopped."""
 
-import asyncio
-
 from services.notifications.bootstrap import build
 from services.notifications.settings import NotificationSettings
-from shared.logging import configure_logging
+from shared.runtime.service import serve_process
 
 
 def main() -> None:
     settings = NotificationSettings()
-    configure_logging(settings.service_name, settings.log_level, settings.log_json)
-    asyncio.run(build(settings).runtime.serve())
+    serve_process(settings, build(settings).runtime)
 
 
 if __name__ == "__main__":
