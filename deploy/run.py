@@ -67,7 +67,8 @@ STAFF_TOKEN_HOLDERS = frozenset({"notifications"})
 
 def base_env(environ: Mapping[str, str], bootstrap: str, mongodb_uri: str) -> dict[str, str]:
     """What every child gets (sinks, topic creation, services): the caller's environment without
-    ``EVENT_SECRET_KEYS``, plus where the infrastructure and the sinks are."""
+    its secrets (``EVENT_SECRET_KEYS``, ``STAFF_API_TOKEN``: only their holders get them, from
+    ``service_env``), plus where the infrastructure and the sinks are."""
     env = {k: v for k, v in environ.items() if k not in ("EVENT_SECRET_KEYS", "STAFF_API_TOKEN")}
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=bootstrap,
