@@ -734,6 +734,48 @@ async def test_the_relay_sweep_finds_waiting_outboxes_through_the_index_with_mon
         assert "IXSCAN" in str(plan["queryPlanner"]["winningPlan"]), plan
 
 
+async def test_lookups_by_a_string_field_use_its_index_with_mongodbs_answer(settings: ServiceSettings, mongo: Any) -> None:
+    """A sign-in finds its account by email, a Belgian registration by customer number: lookups by a
+    string field other than _id. FerretDB v1 read and decoded the whole collection for them (a
+    sign-in among 200 accounts cost the store 8.7 ms); with patch 0007 SQLite answers them from the
+    field's index. The pushed-down condition compares JSON text and keeps arrays for FerretDB to
+    judge, so the answers are checked against MongoDB's rules for every kind of value the field
+    could hold."""
+    db = mongo[settings.mongodb_database]
+    accounts = db["accounts"]
+    await accounts.create_index("email", name="by_email")  # not unique: FerretDB holds an ObjectId and its hex as one key
+    hex_id = "5f1d7a3b9c2e4f6a8b0c1d2e"
+    values: dict[str, Any] = {
+        "same": "ana@example.fr", "other": "bob@example.fr", "upper": "ANA@example.fr", "in_array": ["x", "ana@example.fr"],
+        "not_in_array": ["x", "y"], "object_id": ObjectId(hex_id), "number": 5,
+        "null": None, "document": {"address": "ana@example.fr"}, "accented": "zoë@example.fr", "hex_text": hex_id,
+        "five_text": "5",
+    }
+    await accounts.insert_many([{"_id": name, "email": value} for name, value in values.items()] + [{"_id": "absent"}])
+
+    async def found(query: dict[str, Any]) -> list[str]:
+        return sorted(doc["_id"] for doc in await accounts.find(query).to_list())
+
+    assert await found({"email": "ana@example.fr"}) == ["in_array", "same"]
+    assert await found({"email": "ana@example.fr", "_id": {"$ne": "same"}}) == ["in_array"]
+    assert await found({"email": {"$in": ["ana@example.fr", "bob@example.fr"]}}) == ["in_array", "other", "same"]
+    assert await found({"email": hex_id}) == ["hex_text"]
+    assert await found({"email": "5"}) == ["five_text"]
+    assert await found({"email": "zoë@example.fr"}) == ["accented"]
+    assert await found({"email": {"$in": ["zoë@example.fr", "bob@example.fr"]}}) == ["accented", "other"]
+    assert await found({"email": "nobody@example.fr"}) == []
+    assert (await accounts.update_one({"email": "bob@example.fr"}, {"$set": {"seen": True}})).modified_count == 1
+    assert (await accounts.delete_many({"email": "ana@example.fr"})).deleted_count == 2
+
+    for lookup in ({"email": "bob@example.fr"}, {"email": {"$in": ["bob@example.fr", "x@example.fr"]}}):
+        plan = await db.command({"explain": {"find": "accounts", "filter": lookup}})
+        if "ferretdbVersion" in plan.get("serverInfo", {}):
+            assert any("USING INDEX" in step and "by_email" in step for step in plan["queryPlanner"]["Plan"]), plan
+            assert not any("SCAN" in step.split("detail=")[-1][:4] for step in plan["queryPlanner"]["Plan"]), plan
+        else:
+            assert "IXSCAN" in str(plan["queryPlanner"]["winningPlan"]), plan
+
+
 async def test_a_topic_the_broker_refuses_is_an_error_not_a_silence(settings: ServiceSettings) -> None:
     refused = TopicSpec(f"{settings.topic_namespace}{'x' * 260}", 1, 60_000)  # longer than Kafka allows
     with pytest.raises(TopicCreationRefused, match="error"):
