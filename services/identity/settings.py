@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
+from services.identity.adapters.hashing import BELOW_OWASP, meets_owasp
 from services.identity.domain.lockout import LockoutPolicy
 from services.identity.domain.ratelimits import Limit, RateLimits
 from shared.settings import ServiceSettings
@@ -28,8 +29,9 @@ class IdentitySettings(ServiceSettings):
     access_token_ttl_s: int = Field(default=900, ge=30, le=ACCESS_TOKEN_TTL_MAX_S)
     refresh_token_ttl_days: int = Field(default=30, ge=1, le=365)
 
-    argon2_memory_kib: int = Field(default=19456, ge=19456)
-    argon2_time_cost: int = Field(default=2, ge=2)
+    # Any of OWASP's equivalent configurations, or above (checked below): 19456 KiB and 2 passes by default.
+    argon2_memory_kib: int = Field(default=19456, ge=1)
+    argon2_time_cost: int = Field(default=2, ge=1)
     argon2_parallelism: int = Field(default=1, ge=1)
     argon2_workers: int = Field(default=0, ge=0, description="Threads hashing in parallel; 0: one per core")
 
@@ -60,6 +62,13 @@ class IdentitySettings(ServiceSettings):
     signing_keys_refresh_s: float = Field(
         default=30.0, gt=0, description="How often an instance reads again the signing keys other instances use"
     )
+
+    @model_validator(mode="after")
+    def _hash_cost_meets_owasp(self) -> "IdentitySettings":
+        if not meets_owasp(self.argon2_memory_kib, self.argon2_time_cost, self.argon2_parallelism):
+            raise ValueError(f"ARGON2_MEMORY_KIB={self.argon2_memory_kib}, ARGON2_TIME_COST={self.argon2_time_cost}: "
+                             f"{BELOW_OWASP}")
+        return self
 
     def lockout_policy(self) -> LockoutPolicy:
         return LockoutPolicy(

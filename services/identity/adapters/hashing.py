@@ -10,9 +10,22 @@ from concurrent.futures import ThreadPoolExecutor
 import argon2
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+# OWASP's Password Storage Cheat Sheet lists five argon2id configurations as equal in the defence they
+# give, trading memory for passes: (memory in KiB, passes), one lane each.
+OWASP_CONFIGURATIONS = ((47104, 1), (19456, 2), (12288, 3), (9216, 4), (7168, 5))
 OWASP_MEMORY_KIB = 19456
 OWASP_TIME_COST = 2
 OWASP_PARALLELISM = 1
+
+
+def meets_owasp(memory_kib: int, time_cost: int, parallelism: int) -> bool:
+    """At or above one of OWASP's configurations in both memory and passes."""
+    return parallelism >= 1 and any(memory_kib >= m and time_cost >= t for m, t in OWASP_CONFIGURATIONS)
+
+
+BELOW_OWASP = "argon2id parameters below every OWASP configuration (memory KiB/passes: {}; one lane or more)".format(
+    ", ".join(f"{m}/{t}" for m, t in OWASP_CONFIGURATIONS)
+)
 
 
 class PasswordHasher:
@@ -25,8 +38,8 @@ class PasswordHasher:
         parallelism: int = OWASP_PARALLELISM,
         workers: int | None = None,
     ) -> None:
-        if memory_kib < OWASP_MEMORY_KIB or time_cost < OWASP_TIME_COST or parallelism < OWASP_PARALLELISM:
-            raise ValueError("argon2id parameters below OWASP's minimum (m=19456 KiB, t=2, p=1)")
+        if not meets_owasp(memory_kib, time_cost, parallelism):
+            raise ValueError(BELOW_OWASP)
         self._hasher = argon2.PasswordHasher(
             time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism, hash_len=32, salt_len=16,
             type=argon2.Type.ID,

@@ -14,8 +14,11 @@ from tests.integration.identity.conftest import (
     bearer,
     login,
     register_and_activate,
+    start_harness,
+    stop_harness,
     unseal,
 )
+from tests.conftest import Infrastructure
 from tests.integration.identity.test_contracts_and_devices import authorise_by_email, linked
 from tests.integration.identity.test_organisations import staff
 
@@ -178,3 +181,25 @@ async def test_the_stored_password_is_an_argon2id_hash_with_the_owasp_parameters
     assert STRONG not in stored
     other = await register_and_activate(identity, "Rachel Marchal")
     assert (await identity.account(other["email"]))["password_hash"] != stored, "the same password, its own salt"
+
+
+async def test_a_hash_of_another_configuration_is_replaced_at_the_next_sign_in(infra: Infrastructure) -> None:
+    before = await start_harness(infra)
+    try:
+        who = await register_and_activate(before, "Sacha Marchal")
+        assert "$m=19456,t=2,p=1$" in (await before.account(who["email"]))["password_hash"]
+    finally:
+        await stop_harness(before, keep_data=True)
+    # The operator moves to another of OWASP's equivalent configurations; the stored hash still verifies.
+    after = await start_harness(infra, mongodb_database=before.settings.mongodb_database,
+                                topic_namespace=before.settings.topic_namespace,
+                                event_secret_keys=before.settings.event_secret_keys,
+                                argon2_memory_kib=7168, argon2_time_cost=5)
+    try:
+        assert (await login(after, who)).status_code == 200
+        upgraded = (await after.account(who["email"]))["password_hash"]
+        assert "$m=7168,t=5,p=1$" in upgraded
+        assert (await login(after, who)).status_code == 200, "the new hash is of the same password"
+        assert (await after.account(who["email"]))["password_hash"] == upgraded, "hashed again only once"
+    finally:
+        await stop_harness(after)
