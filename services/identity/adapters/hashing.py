@@ -13,6 +13,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 # OWASP's Password Storage Cheat Sheet lists five argon2id configurations as equal in the defence they
 # give, trading memory for passes: (memory in KiB, passes), one lane each.
 OWASP_CONFIGURATIONS = ((47104, 1), (19456, 2), (12288, 3), (9216, 4), (7168, 5))
+# The default: the second of them.
 OWASP_MEMORY_KIB = 19456
 OWASP_TIME_COST = 2
 OWASP_PARALLELISM = 1

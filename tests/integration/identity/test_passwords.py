@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 from shared.events import DeviceCodeIssued, PasswordChanged, PasswordResetRequested
+from tests.conftest import Infrastructure
 from tests.integration.identity.conftest import (
     OTHER_STRONG,
     STRONG,
@@ -18,7 +19,6 @@ from tests.integration.identity.conftest import (
     stop_harness,
     unseal,
 )
-from tests.conftest import Infrastructure
 from tests.integration.identity.test_contracts_and_devices import authorise_by_email, linked
 from tests.integration.identity.test_organisations import staff
 
