@@ -133,9 +133,21 @@ class DeliveryWorker:
         """A delivery just recorded and leased to this process: queue it (waits when full)."""
         if delivery.id in self._in_flight:
             return False
-        self._in_flight.add(delivery.id)
-        await self._queue.put(delivery)
+        await self._enqueue(delivery)
         return True
+
+    async def _enqueue(self, delivery: Delivery) -> None:
+        """Queue a delivery this process holds the lease of, marked in flight until a worker is done.
+
+        The wait for room can be cut short (the consumer's handler deadline, a shutdown): the
+        delivery is then not queued, and must not stay marked, or the poller would skip it for
+        the life of the process once its lease ends."""
+        self._in_flight.add(delivery.id)
+        try:
+            await self._queue.put(delivery)
+        except BaseException:
+            self._in_flight.discard(delivery.id)
+            raise
 
     def wake(self) -> None:
         """Look for due deliveries now."""
@@ -221,8 +233,7 @@ class DeliveryWorker:
                 await self._outcomes.announce_again(archived)
                 continue
             await self._store.ensure_key(delivery)
-            self._in_flight.add(delivery.id)
-            await self._queue.put(leased)  # the poller may wait; never a worker
+            await self._enqueue(leased)  # the poller may wait; never a worker
             claimed += 1
         return claimed
 

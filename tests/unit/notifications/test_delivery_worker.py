@@ -3,9 +3,12 @@ delivery was recorded (a withdrawn consent, the clock now in the recipient's nig
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+
+import pytest
 
 from services.notifications.adapters.email_message import Sender
 from services.notifications.adapters.templates import TemplateRenderer
@@ -299,3 +302,30 @@ async def test_a_sent_delivery_is_not_claimed_again_while_its_outcome_waits_for_
 
     world.outcomes.unarchived.clear()  # archived at last: from now on recovery may look at it
     assert await world.worker.claim_due() == 1
+
+
+# --- a hand-over cut short while the queue is full ----------------------------------------------
+
+
+async def test_a_delivery_whose_hand_over_was_cut_short_is_claimed_once_its_lease_ends() -> None:
+    # The consumer's handler deadline ends a hand-over waiting for room in a full queue: the
+    # delivery is recorded and leased here but not queued. Once its lease ends, the poller must
+    # take it like any abandoned lease, or it would wait for the process to restart.
+    world = World(NOON_PARIS, (NEWSLETTER_BY_EMAIL,))
+    world.recipients.state("cus_jeanne", True, "email", NOON_PARIS - timedelta(days=30))
+    queued = [recorded(lease_end_letter(), NEWSLETTER_BY_EMAIL, "email", f"client{i}@example.fr", NOON_PARIS,
+                       lease_until=NOON_PARIS + timedelta(seconds=60)) for i in range(10)]
+    for delivery in queued:  # the queue holds ten
+        assert await world.worker.hand_over(delivery)
+    letter = recorded(lease_end_letter(), NEWSLETTER_BY_EMAIL, "email", JEANNE["email"], NOON_PARIS,
+                      lease_until=NOON_PARIS + timedelta(seconds=60))
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(world.worker.hand_over(letter), timeout=0.05)
+
+    world.worker._queue = asyncio.Queue(10)  # the workers have emptied it meanwhile
+    world.worker._in_flight.difference_update(d.id for d in queued)
+    world.store.waiting = [letter]
+    world.clock.advance(timedelta(minutes=5))  # the lease has ended
+
+    assert await world.worker.claim_due() == 1
+    assert world.store.claimed == [letter.id]
