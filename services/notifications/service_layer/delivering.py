@@ -229,9 +229,12 @@ class DeliveryWorker:
             if not await self._store.claim(delivery, leased.lease_until):  # type: ignore[arg-type]
                 continue  # another process took it
             archived = await self._store.finished(delivery.id)
-            if archived is not None:  # finished, but a crash kept it from leaving the active set
+            if archived is not None and _same_recording(archived, delivery):
+                # finished, but a crash kept it from leaving the active set
                 await self._outcomes.announce_again(archived)
                 continue
+            # else nothing, or the outcome of an earlier recording: a failure whose source event
+            # was replayed and re-opened it, and which still has to be sent
             await self._store.ensure_key(delivery)
             await self._enqueue(leased)  # the poller may wait; never a worker
             claimed += 1
@@ -479,3 +482,8 @@ class DeliveryWorker:
 def _masked(delivery: Delivery) -> str:
     return mask_email(delivery.recipient) if delivery.channel == "email" else mask_phone(delivery.recipient)
 
+
+def _same_recording(archived: dict[str, Any], delivery: Delivery) -> bool:
+    """Whether an archived outcome is the one of this active delivery, and not of an earlier
+    recording of it (a re-opened delivery keeps its id; it is recorded anew, at a later time)."""
+    return bool(Delivery.from_document(archived).created_at == delivery.created_at)

@@ -51,6 +51,15 @@ def outcome_event(outcome: FinalOutcome) -> Event:
     )
 
 
+def outcome_event_id(outcome: FinalOutcome) -> str:
+    """The same for an outcome announced again after a crash, so consumers see it once; another
+    for each recording of the delivery (a replayed event re-opens a failed delivery, whose attempts
+    count from zero again, and its new outcome must not pass for a repeat of the old one)."""
+    delivery = outcome.delivery
+    recorded_ms = int(delivery.created_at.timestamp() * 1000)
+    return f"{delivery.id}.{recorded_ms}.{outcome.status.value}.{delivery.attempts}"
+
+
 class OutcomeLog:
     """Collects final outcomes and writes them in batches, one batch at a time: when the store is
     slow, outcomes pile up into bigger batches (fewer, larger writes) instead of more writes."""
@@ -174,7 +183,7 @@ class OutcomeLog:
             time=outcome.finished_at,
             correlation_id=delivery.envelope.get("correlationid") or delivery.source_event_id,
             causation_id=delivery.source_event_id,
-            event_id=f"{delivery.id}.{outcome.status.value}.{delivery.attempts}",
+            event_id=outcome_event_id(outcome),
         )
 
     async def announce_again(self, archived: dict[str, Any]) -> None:

@@ -369,6 +369,26 @@ async def test_a_message_that_never_gets_through_is_failed_parked_and_sent_after
     assert delivery["id"] == failed[0]["data"]["notification_id"], "the same delivery, re-opened"
 
 
+async def test_a_replayed_delivery_that_fails_again_for_a_while_is_retried_and_sent(
+    notifications: StartNotifications, unique: str
+) -> None:
+    # The history still holds the first recording's failure while the re-opened delivery waits
+    # for its retry: that old outcome must not be taken for this one's and end it unsent.
+    harness = await notifications(delivery_max_attempts=3, delivery_backoff_initial_s=0.1, delivery_backoff_max_s=0.2)
+    harness.sinks.mail.fail(451, "Mailbox busy", times=3)
+    jeanne = person(unique)
+    await harness.publish(password_changed(jeanne))
+    [first] = await eventually(lambda: harness.events_on("notification.failed"), 30, "the first recording given up")
+
+    harness.sinks.mail.fail(451, "Mailbox busy", times=2)  # the server is still unwell at the replay
+    assert await replay(harness.settings.kafka_bootstrap_servers, harness.topic("customer.password_changed")) == 1
+    [mail] = await mail_to(harness, jeanne["email"])
+    [delivery] = await eventually(lambda: _sent(harness, jeanne), 30, "the re-opened delivery sent")
+    assert delivery["id"] == first["data"]["notification_id"] and delivery["attempts"] == 3
+    [sent] = await eventually(lambda: harness.events_on("notification.sent"), 30, "notification.sent")
+    assert sent["data"]["notification_id"] == delivery["id"] and sent["id"] != first["id"]
+
+
 class RefusesFirst:
     """A dead-letter publisher in front of the real one whose first ``times`` calls fail."""
 

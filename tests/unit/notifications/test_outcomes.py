@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from pymongo.errors import OperationFailure
 
 from services.notifications.domain.delivery import Delivery, Status
-from services.notifications.service_layer.outcomes import OutcomeLog
+from services.notifications.service_layer.outcomes import OutcomeLog, outcome_event_id
 from shared.clock import FixedClock
 from shared.messaging.errors import is_transient
 
@@ -105,3 +106,11 @@ async def test_an_outcome_is_held_until_the_history_has_it_whatever_the_store_re
     await until(lambda: store.archived == ["ntf_1"])
     assert not outcomes.holds("ntf_1"), "in the history: recovery would find it there"
     await outcomes.flush()
+
+
+def test_an_outcome_keeps_its_event_id_when_announced_again_but_a_later_recording_gets_another() -> None:
+    first = sent(1)
+    assert outcome_event_id(first) == outcome_event_id(sent(1)), "announced again after a crash: one event"
+    assert outcome_event_id(first) == "ntf_1.1795339800000.sent.1"  # recorded at NOW, in ms
+    reopened = replace(first, delivery=replace(first.delivery, created_at=NOW + timedelta(hours=2)))
+    assert outcome_event_id(reopened) != outcome_event_id(first), "same id and attempts, recorded again"
