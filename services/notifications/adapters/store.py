@@ -79,16 +79,24 @@ class DeliveryStore:
         The active document (with its source event) goes first, then the ledger key: a crash in
         between leaves a delivery that will be sent (and its key written then), never a key
         without its delivery. A key already in the ledger means a duplicate, unless
-        the delivery had failed and its source event was parked: a replay, and it is re-opened."""
+        the delivery had failed and its source event was parked: a replay, and it is re-opened.
+        So is a delivery whose fallback failed and parked the event: tried again, it falls back
+        again, and its fallback is re-opened the same way."""
         inserted = await self._active_inserts.insert(delivery.active_document())
         if not inserted:
             return False  # still active: recorded, not finished
         if await self._ledger_inserts.insert(ledger_key(delivery)):
             return True
-        finished = await self.history.find_one({"_id": delivery.id}, projection={"status": 1, "parked": 1})
-        if finished is None or (finished.get("status") == "failed" and finished.get("parked")):
-            if finished is not None:
-                log.info("re-opening a failed delivery: its source event was replayed", extra={"delivery": delivery.id})
+        finished = await self.history.find_one({"_id": delivery.id},
+                                               projection={"status": 1, "parked": 1, "fallback_id": 1})
+        if finished is None:
+            return True  # a key without its outcome: a crash came between the two inserts
+        if _parked_failure(finished) or (
+            finished.get("fallback_id")
+            and _parked_failure(await self.history.find_one({"_id": finished["fallback_id"]},
+                                                            projection={"status": 1, "parked": 1}))
+        ):
+            log.info("re-opening a failed delivery: its source event was replayed", extra={"delivery": delivery.id})
             return True
         await self.active.delete_one({"_id": delivery.id, "created_at": delivery.created_at})
         return False
@@ -169,6 +177,10 @@ class DeliveryStore:
     async def one(self, delivery_id: str) -> dict[str, Any] | None:
         found = await self.active.find_one({"_id": delivery_id})
         return found or await self.history.find_one({"_id": delivery_id})
+
+
+def _parked_failure(finished: dict[str, Any] | None) -> bool:
+    return finished is not None and finished.get("status") == "failed" and bool(finished.get("parked"))
 
 
 def ledger_key(delivery: Delivery) -> dict[str, Any]:

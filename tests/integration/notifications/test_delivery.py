@@ -389,6 +389,30 @@ async def test_a_replayed_delivery_that_fails_again_for_a_while_is_retried_and_s
     assert sent["data"]["notification_id"] == delivery["id"] and sent["id"] != first["id"]
 
 
+async def test_a_replay_of_an_event_whose_fallback_email_was_parked_sends_the_email(
+    notifications: StartNotifications, unique: str
+) -> None:
+    # The code's SMS was refused for good, its fallback email gave up and parked the event. The
+    # replay must not stop at the SMS, finished long ago: tried again, it falls back again, and
+    # the parked email is re-opened and sent.
+    harness = await notifications(delivery_max_attempts=2, delivery_backoff_initial_s=0.1, delivery_backoff_max_s=0.2)
+    harness.sinks.sms.fail(status=400, code=21211, times=2)  # refused now, and again at the replay
+    harness.sinks.mail.fail(451, "Mailbox busy", times=2)
+    jeanne = person(unique)
+    await harness.publish(device_code(jeanne, code="508193"))
+    [parked] = await harness.parked("customer.device_code_issued")
+    assert parked.headers["dlq-reason-kind"] == "delivery_failed"
+    await eventually(lambda: _parked_in_history(harness, jeanne, of=("email",)), 30, "the fallback's failure archived")
+
+    assert await replay(harness.settings.kafka_bootstrap_servers, harness.topic("customer.device_code_issued")) == 1
+    [mail] = await mail_to(harness, jeanne["email"])
+    assert "508193" in mail.text()
+    [email] = await eventually(lambda: _sent(harness, jeanne, of=("email",)), 30, "the fallback email re-opened")
+    [sms] = [d for d in await harness.deliveries_of(jeanne["customer_id"]) if d["channel"] == "sms"]
+    assert email["fallback_of"] == sms["id"] and sms["fallback_id"] == email["id"]
+    assert harness.sinks.sms.messages == [], "refused both times"
+
+
 class RefusesFirst:
     """A dead-letter publisher in front of the real one whose first ``times`` calls fail."""
 
@@ -426,13 +450,14 @@ async def test_a_failure_whose_event_could_not_be_parked_is_parked_later_and_can
     await eventually(lambda: _sent(harness, jeanne), 30, "the replayed delivery sent")
 
 
-async def _parked_in_history(harness: Harness, who: dict[str, Any]) -> list[dict[str, Any]] | None:
-    found = await harness.deliveries_of(who["customer_id"])
+async def _parked_in_history(harness: Harness, who: dict[str, Any],
+                             of: tuple[str, ...] = ("email", "sms")) -> list[dict[str, Any]] | None:
+    found = [d for d in await harness.deliveries_of(who["customer_id"]) if d["channel"] in of]
     return found if found and all(d["parked"] for d in found) else None
 
 
-async def _sent(harness: Harness, who: dict[str, Any]) -> list[dict[str, Any]] | None:
-    found = await harness.deliveries_of(who["customer_id"])
+async def _sent(harness: Harness, who: dict[str, Any], of: tuple[str, ...] = ("email", "sms")) -> list[dict[str, Any]] | None:
+    found = [d for d in await harness.deliveries_of(who["customer_id"]) if d["channel"] in of]
     return found if found and all(d["status"] == "sent" for d in found) else None
 
 
