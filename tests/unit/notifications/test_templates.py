@@ -278,6 +278,11 @@ def test_regional_wording_overrides_the_language_base() -> None:
     assert "10 jours ouvrés" in render("inspection_report", "email", "fr-FR", inspection).text
     for locale in ("fr-BE", "fr-CA"):
         assert "10 jours ouvrables" in render("inspection_report", "email", locale, inspection).text
+    cancelled = next(e for e in example_events() if e.event_type == "appointment.cancelled")
+    cancelled = cancelled.model_copy(update={"reason": "dealer_unavailable", "travel_fee_charged": None})
+    assert "Le distributeur n'est plus" in render("appointment_cancelled", "email", "fr-FR", cancelled).text
+    quebec_cancel = render("appointment_cancelled", "email", "fr-CA", cancelled).text
+    assert "Le concessionnaire n'est plus" in quebec_cancel and "distributeur" not in quebec_cancel
 
 
 def _all_emails_and_sms(locale: str) -> str:
