@@ -277,6 +277,11 @@ async def _record_untexted_code(ctx: Identity, customer_number: str, code_attemp
         await ctx.stores.untexted_codes.update(untexted, state)
 
 
+def _issued_later(code: dict[str, Any], other: dict[str, Any] | None) -> bool:
+    """Whether ``code`` was issued after ``other`` (every code lives as long: the later expiry)."""
+    return other is None or code["expires_at"] >= other["expires_at"]
+
+
 def _attempt_ends_at(code: dict[str, Any]) -> datetime | None:
     """When the attempt this code was sent in ends (a code stored before attempts were recorded:
     when it expires)."""
@@ -321,10 +326,16 @@ async def _register_with_customer_number(ctx: Identity, caller: Caller, customer
 
     async def check() -> StoredDocument:
         doc = await ctx.stores.customers.get(customer_number)
-        stored = doc.state.get("registration_code") if doc else None
-        untexted = None if stored is not None else await ctx.stores.untexted_codes.get(_untexted_id(customer_number))
-        if untexted is not None:
+        untexted = await ctx.stores.untexted_codes.get(_untexted_id(customer_number))
+        texted = doc.state.get("registration_code") if doc else None
+        # The code of the latest request decides, wherever it was kept: a number texted a code
+        # once and given a login since keeps that old code, but is now answered from a code
+        # nobody has, like an unknown number. Both records are read whichever answers, so that
+        # a texted number is not a store round trip quicker than one texted nothing.
+        if untexted is not None and _issued_later(untexted.state["registration_code"], texted):
             stored = untexted.state["registration_code"]
+        else:
+            untexted, stored = None, texted
         outcome = codes.check_code(stored, code, ctx.now())
         if outcome.ok and stored is not None and not _is_contract_of(doc, contract_number):
             outcome = codes.wrong_detail(stored, Refusal(

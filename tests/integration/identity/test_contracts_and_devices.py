@@ -740,3 +740,34 @@ async def test_a_device_authorised_and_remembered_before_the_link_goes_straight_
     assert (await http.get("/v1/me", headers=bearer(device))).status_code == 401, "the link ended it too"
     assert (await login(identity, who, device_token=device["device_token"])).json()["status"] == "authenticated"
     assert (await login(identity, who)).json()["status"] == "device_authorisation_required", "other devices are asked"
+
+
+async def test_a_number_texted_a_code_before_it_got_a_login_answers_wrong_codes_like_an_unknown_number(
+    identity: Harness,
+) -> None:
+    # The code texted before the login was linked stays on file; asked again, the number is texted
+    # nothing (its owner signs in), and its answers must come from that request, as an unknown
+    # number's do, not from the old code ("expired" would say the number is a customer's).
+    known, _ = await belgian_customer_texted_a_code(identity, "+32470123408")
+    unknown = f"BE-{uuid.uuid4().hex[:6]}"
+    owner = await register_and_activate(identity, "Ruben Claes", identity.http("203.0.113.49"))
+    await identity.publish(ContractLinkVerified(customer_id=owner["customer_id"], customer_number=known,
+                                                contract_numbers=[f"{known}-L1"]))
+    await eventually(lambda: link_status_is(identity, owner, "verified"), 20, "the login linked to the number")
+    http = identity.http("203.0.113.48")
+
+    def registration(number: str) -> dict:
+        return {"first_name": "Ruben", "last_name": "Claes", "email": f"ruben.{number.lower()}@example.be",
+                "password": STRONG, "locale": "nl-BE", "terms_version": "BE-2026-01", "terms_accepted": True,
+                "contract_number": f"{number}-L1", "customer_number": number, "code": "000000"}
+
+    with pinned_clock(identity) as set_clock:
+        answers = []
+        for number in (known, unknown):
+            set_clock(3600)  # the old code has expired by then
+            asked = await http.post("/v1/registrations/customer-number-codes",
+                                    json={"customer_number": number, "locale": "nl-BE"})
+            tried = await http.post("/v1/registrations/by-customer-number", json=registration(number))
+            answers.append((asked.status_code, tried.status_code, tried.json()["error"]["code"],
+                            tried.json()["error"]["details"].get("tries_left")))
+    assert answers[0] == answers[1] == (202, 400, "code_wrong", 4), answers
