@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +16,8 @@ from services.identity.domain.lockout import LockState, after_failure
 from services.identity.service_layer.context import Caller, Identity, addressed, retrying
 from shared.events import AccountLocked, AccountUnlocked, Envelope
 from shared.storage import ConcurrencyConflict, StoredDocument
+
+log = logging.getLogger(__name__)
 
 INVALID_CREDENTIALS = "invalid_credentials"
 POLICY_DOC = "password-change"
@@ -139,25 +142,43 @@ async def login(ctx: Identity, caller: Caller, cmd: Login) -> dict[str, Any]:
     account: StoredDocument | None = found
     stored_hash = account.state.get("password_hash") if account else None
     proven = await ctx.hasher.verify(stored_hash, cmd.password)
+    account_id = account.id if account else None
+    if proven and account_id is not None:
+        # The verify takes a while, and guesses sent alongside this one may have placed a lock
+        # meanwhile: the copy read before it would let the right password through that lock.
+        account = await ctx.stores.accounts.get(account_id)
     # While a lock holds, even the right password is refused like a wrong one: answering
     # "locked" would confirm a guess to whoever is guessing. The owner learns of the lock by
     # email (customer.account_locked), and the lock is told after it expires to nobody.
-    if not proven or LockState.from_state(account.state).holds(ctx.now()):  # type: ignore[union-attr]
-        if account is not None:
-            await record_failure(ctx, caller, account.id)
+    if not proven or account is None or LockState.from_state(account.state).holds(ctx.now()):
+        if account_id is not None:
+            await record_failure(ctx, caller, account_id)
         await floor.reached()
         raise invalid_credentials()
-    assert account is not None
     return await after_password(ctx, caller, account, cmd.password, cmd.device_token)
 
 
-async def record_failure(ctx: Identity, caller: Caller, account_id: str) -> None:
+def failure_tries(ctx: Identity) -> int:
+    """Enough for every failure of a burst to be counted: each conflict is another failure
+    counted, and once ``threshold`` of them placed a lock the others have nothing to write."""
+    return ctx.lockout.threshold + 2
+
+
+async def record_failure(ctx: Identity, caller: Caller, account_id: str) -> bool:
+    """Count a wrong password; False when it could not be (the account kept changing meanwhile).
+
+    Never refuses: a wrong password must read the same whatever happened to its count, or a
+    ``busy`` answer would tell a known email from an unknown one (which is never counted)."""
+
     async def attempt() -> None:
         doc = await ctx.stores.accounts.get(account_id)
         if doc is None:
             return
         now = ctx.now()
-        outcome = after_failure(LockState.from_state(doc.state), now, ctx.lockout)
+        lock = LockState.from_state(doc.state)
+        if lock.holds(now):
+            return  # not counted during a lock (see lockout); a write would only hold up the others
+        outcome = after_failure(lock, now, ctx.lockout)
         events = []
         if outcome.unlocked_by_expiry:
             events.append(ctx.envelope(AccountUnlocked(customer_id=doc.id, unlocked_by="lock-expiry", **addressed(doc.state)), caller))
@@ -169,7 +190,12 @@ async def record_failure(ctx: Identity, caller: Caller, account_id: str) -> None
             doc, doc.state | outcome.state.to_state() | {"last_failed_login_at": now}, events
         )
 
-    await retrying(attempt)
+    try:
+        await retrying(attempt, tries=failure_tries(ctx))
+    except Refusal:
+        log.warning("a failed sign-in was not counted: the account kept changing", extra={"customer_id": account_id})
+        return False
+    return True
 
 
 async def after_password(ctx: Identity, caller: Caller, account: StoredDocument, password: str,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -14,6 +17,7 @@ from services.identity.service_layer.administration import Person, create_staff_
 from services.identity.service_layer.context import Caller
 from services.identity.service_layer.sessions import open_session
 from shared.events import AccountLocked, AccountUnlocked, OrganisationUserInvited
+from shared.storage import ConcurrencyConflict
 from tests.integration.identity.conftest import (
     OTHER_STRONG,
     STRONG,
@@ -60,6 +64,64 @@ async def test_five_failures_lock_for_15_minutes_then_30_and_a_lock_never_confir
 
     identity.clock.advance(timedelta(minutes=30))
     assert (await login(identity, who)).status_code == 200, "after the lock the right password works again"
+
+
+class RightPasswordLast:
+    """The service's hasher, except that the verify of ``password`` ends only once the account is
+    locked: the right password in flight while the guesses sent with it place the lock."""
+
+    def __init__(self, hasher: Any, identity: Harness, email: str, password: str) -> None:
+        self._hasher, self._identity, self._email, self._password = hasher, identity, email, password
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._hasher, name)
+
+    async def verify(self, stored_hash: str | None, password: str) -> bool:
+        proven = await self._hasher.verify(stored_hash, password)
+        if password == self._password:
+            deadline = time.monotonic() + 20
+            while not (await self._identity.account(self._email)).get("lock") and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        return proven
+
+
+async def test_the_right_password_in_flight_while_a_burst_of_guesses_locks_the_account_is_refused(
+    identity: Harness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    who = await register_and_activate(identity, "Agathe Roussel")
+    ctx = identity.runtime.identity
+    monkeypatch.setattr(ctx, "hasher", RightPasswordLast(ctx.hasher, identity, who["email"], STRONG))
+    http = identity.http("198.51.100.40")
+
+    right, *guesses = await asyncio.gather(login(identity, who, http),
+                                           *(login(identity, who | {"password": WRONG}, http) for _ in range(20)))
+
+    assert [g.status_code for g in guesses] == [401] * 20
+    assert right.status_code == 401 and right.json()["error"]["code"] == "invalid_credentials", right.text
+    stored = await identity.account(who["email"])
+    assert stored["lock"] is not None, "every guess of the burst was counted: the lock holds"
+    assert (await login(identity, who, http)).status_code == 401, "and still holds"
+    (locked,) = await identity.events(AccountLocked, customer_id=who["customer_id"])
+    assert locked.failed_attempts == 5
+
+
+async def test_a_wrong_password_whose_failure_cannot_be_stored_reads_like_any_other_at_the_floor(
+    identity: Harness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    who = await register_and_activate(identity, "Bastien Perrot")
+    accounts = identity.runtime.identity.stores.accounts
+
+    async def always_conflicts(*args: Any, **kwargs: Any) -> Any:
+        raise ConcurrencyConflict("someone else wrote the account meanwhile")
+
+    monkeypatch.setattr(accounts, "update", always_conflicts)
+    http = identity.http("198.51.100.41")
+    floor = identity.settings.answer_floor_ms / 1000
+    for target in (who, {"email": "bastien.nobody@example.fr"}):
+        started = time.perf_counter()
+        answer = await login(identity, target | {"password": WRONG}, http)
+        assert answer.status_code == 401 and answer.json()["error"]["code"] == "invalid_credentials", answer.text
+        assert time.perf_counter() - started >= floor, "it leaves at the floor, like an unknown email's"
 
 
 async def test_repeated_locks_become_permanent_and_only_the_service_desk_lifts_them(identity: Harness) -> None:
