@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import httpx
 import pytest
 
-from shared.events import DeviceCodeIssued, PasswordChanged, PasswordResetRequested
+from shared.events import AccountLocked, DeviceCodeIssued, PasswordChanged, PasswordResetRequested
 from tests.conftest import Infrastructure
 from tests.integration.identity.conftest import (
     OTHER_STRONG,
@@ -47,6 +48,29 @@ async def test_changing_the_password_needs_the_current_one_and_ends_the_other_se
     assert (await login(identity, who | {"password": OTHER_STRONG})).status_code == 200
     (event,) = await identity.events(PasswordChanged, customer_id=who["customer_id"])
     assert event.reason == "changed"
+
+
+async def test_a_session_cannot_keep_guessing_the_current_password_past_the_lock(identity: Harness) -> None:
+    who = await register_and_activate(identity, "Maelle Dupuis")
+    http = identity.http("198.51.100.42")
+    stolen = bearer((await login(identity, who, http)).json())
+    hash_before = (await identity.account(who["email"]))["password_hash"]
+
+    async def change(current: str) -> httpx.Response:
+        return await http.put("/v1/me/password", headers=stolen,
+                              json={"current_password": current, "new_password": OTHER_STRONG})
+
+    for _ in range(5):
+        wrong = await change("Not-The-Password-9")
+        assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "current_password_wrong"
+    (locked,) = await identity.events(AccountLocked, customer_id=who["customer_id"])
+    assert locked.failed_attempts == 5
+
+    right = await change(STRONG)
+    assert right.status_code == 403 and right.json()["error"]["code"] == "account_locked", right.text
+    assert right.json()["error"]["details"]["locked_until"], "a timed lock: the caller is told until when"
+    assert (await identity.account(who["email"]))["password_hash"] == hash_before, "the password is unchanged"
+    assert (await login(identity, who | {"password": OTHER_STRONG}, http)).status_code == 401
 
 
 async def test_the_session_a_password_is_changed_from_stays_on_its_authorised_device(identity: Harness) -> None:
