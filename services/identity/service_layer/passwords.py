@@ -33,13 +33,17 @@ def _new_password_fields(state: dict[str, Any], password_hash: str, now: Any) ->
     }
 
 
-def account_locked(lock: LockState) -> Refusal:
-    """What a signed-in caller is told while a lock holds (a reset by email lifts timed locks only)."""
+def _refuse_while_locked(ctx: Identity, state: dict[str, Any]) -> None:
+    """Refuse a signed-in caller while a lock holds, saying until when (a reset by email lifts timed
+    locks only)."""
+    lock = LockState.from_state(state)
+    if not lock.holds(ctx.now()):
+        return
     if lock.until is None:
         hint = "until the service desk lifts it"
     else:
         hint = f"until {lock.until.isoformat()}: try again then, or reset it by email (POST /v1/password-resets)"
-    return Refusal(
+    raise Refusal(
         "account_locked", f"the password is locked after repeated wrong guesses, {hint}", 403,
         details={"locked_until": lock.until.isoformat() if lock.until else None},
     )
@@ -53,11 +57,9 @@ async def change(ctx: Identity, caller: Caller, account_id: str, current: str, n
     await ctx.limit(caller, "change_password", "check", account_id)
     account = await ctx.stores.accounts.get(account_id)
     assert account is not None
-    lock = LockState.from_state(account.state)
-    if lock.holds(ctx.now()):
-        # Checked before the password, or a stolen session would keep guessing it past the lock.
-        # The caller is signed in, so telling them of the lock confirms no guess.
-        raise account_locked(lock)
+    # Checked before the password, or a stolen session would keep guessing it past the lock.
+    # The caller is signed in, so telling them of the lock confirms no guess.
+    _refuse_while_locked(ctx, account.state)
     if not await ctx.hasher.verify(account.state.get("password_hash"), current):
         await record_failure(ctx, caller, account_id)
         raise Refusal("current_password_wrong", "the current password is wrong", 400)
@@ -68,9 +70,7 @@ async def change(ctx: Identity, caller: Caller, account_id: str, current: str, n
     async def attempt() -> Any:
         doc = await ctx.stores.accounts.get(account_id)
         assert doc is not None
-        now_locked = LockState.from_state(doc.state)
-        if now_locked.holds(ctx.now()):  # placed by guesses sent alongside, during the verify
-            raise account_locked(now_locked)
+        _refuse_while_locked(ctx, doc.state)  # a lock placed by guesses sent alongside, during the verify
         event = PasswordChanged(customer_id=doc.id, reason="changed", **addressed(doc.state))
         return await ctx.stores.accounts.update(
             doc, doc.state | _new_password_fields(doc.state, new_hash, ctx.now()), [ctx.envelope(event, caller)]

@@ -158,17 +158,10 @@ async def login(ctx: Identity, caller: Caller, cmd: Login) -> dict[str, Any]:
     return await after_password(ctx, caller, account, cmd.password, cmd.device_token)
 
 
-def failure_tries(ctx: Identity) -> int:
-    """Enough for every failure of a burst to be counted: each conflict is another failure
-    counted, and once ``threshold`` of them placed a lock the others have nothing to write."""
-    return ctx.lockout.threshold + 2
-
-
-async def record_failure(ctx: Identity, caller: Caller, account_id: str) -> bool:
-    """Count a wrong password; False when it could not be (the account kept changing meanwhile).
-
-    Never refuses: a wrong password must read the same whatever happened to its count, or a
-    ``busy`` answer would tell a known email from an unknown one (which is never counted)."""
+async def record_failure(ctx: Identity, caller: Caller, account_id: str) -> None:
+    """Count a wrong password. Never refuses: a wrong password must read the same whatever
+    happened to its count, or a ``busy`` answer would tell a known email from an unknown one
+    (which is never counted)."""
 
     async def attempt() -> None:
         doc = await ctx.stores.accounts.get(account_id)
@@ -190,12 +183,12 @@ async def record_failure(ctx: Identity, caller: Caller, account_id: str) -> bool
             doc, doc.state | outcome.state.to_state() | {"last_failed_login_at": now}, events
         )
 
+    # Enough tries for every failure of a burst to be counted: each conflict is another failure
+    # counted, and once ``threshold`` of them placed a lock the others have nothing to write.
     try:
-        await retrying(attempt, tries=failure_tries(ctx))
+        await retrying(attempt, tries=ctx.lockout.threshold + 2)
     except Refusal:
         log.warning("a failed sign-in was not counted: the account kept changing", extra={"customer_id": account_id})
-        return False
-    return True
 
 
 async def after_password(ctx: Identity, caller: Caller, account: StoredDocument, password: str,

@@ -90,16 +90,21 @@ class DeliveryStore:
         finished = await self.history.find_one({"_id": delivery.id},
                                                projection={"status": 1, "parked": 1, "fallback_id": 1})
         if finished is None:
-            return True  # a key without its outcome: a crash came between the two inserts
-        if _parked_failure(finished) or (
-            finished.get("fallback_id")
-            and _parked_failure(await self.history.find_one({"_id": finished["fallback_id"]},
-                                                            projection={"status": 1, "parked": 1}))
-        ):
+            return True  # a key, but neither the delivery nor its outcome: nothing says it was sent
+        if await self._parked(finished):
             log.info("re-opening a failed delivery: its source event was replayed", extra={"delivery": delivery.id})
             return True
         await self.active.delete_one({"_id": delivery.id, "created_at": delivery.created_at})
         return False
+
+    async def _parked(self, finished: dict[str, Any]) -> bool:
+        """Whether this outcome, or that of the fallback it handed over to, failed and parked the event."""
+        if _parked_failure(finished):
+            return True
+        fallback_id = finished.get("fallback_id")
+        if not fallback_id:
+            return False
+        return _parked_failure(await self.history.find_one({"_id": fallback_id}, projection={"status": 1, "parked": 1}))
 
     async def ensure_key(self, delivery: Delivery) -> None:
         """The ledger key of a delivery recovered after a crash (it may never have been written)."""

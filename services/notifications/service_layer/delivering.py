@@ -486,4 +486,4 @@ def _masked(delivery: Delivery) -> str:
 def _same_recording(archived: dict[str, Any], delivery: Delivery) -> bool:
     """Whether an archived outcome is the one of this active delivery, and not of an earlier
     recording of it (a re-opened delivery keeps its id; it is recorded anew, at a later time)."""
-    return bool(Delivery.from_document(archived).created_at == delivery.created_at)
+    return Delivery.from_document(archived).created_at == delivery.created_at
